@@ -1,0 +1,29 @@
+# Two commands do all the set-up on a fresh machine with python3 and pip:
+#   make train   # creates .venv if missing, installs lmjax, trains the default model
+#   make test    # creates .venv if missing, installs lmjax[dev], runs the tests
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Corpora beside the checkout (tinyshakespeare for tests and configs); override to move them.
+export LMJAX_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: train test install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+train: install
+	$(BIN)/lmjax train $(ARGS)
+
+test: install
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info

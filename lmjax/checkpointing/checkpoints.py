@@ -1,0 +1,93 @@
+"""Checkpoints through orbax's CheckpointManager.
+
+Each step folder holds three items: `state` (params, optimizer state, step), `config` and
+`tokenizer` (JSON), so a checkpoint is self-contained: `lmjax.load` needs nothing else.
+Restores always pass a target of abstract arrays with the *current* mesh's shardings, which is
+what lets a checkpoint written on 8 devices come back on 1 (and the other way round).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+from lmjax.errors import CheckpointError
+
+
+class Checkpointer:
+    def __init__(self, workdir: str | Path, *, keep: int = 2, async_save: bool = True,
+                 read_only: bool = False):
+        self.directory = Path(workdir).resolve() / "checkpoints"
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep if keep > 0 else None,
+            create=not read_only,
+            read_only=read_only,
+            enable_async_checkpointing=async_save,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state, *, config: dict, tokenizer: dict) -> None:
+        """Starts an asynchronous save; the state's arrays are copied before this returns."""
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                config=ocp.args.JsonSave(config),
+                tokenizer=ocp.args.JsonSave(tokenizer),
+            ),
+            force=True,
+        )
+
+    def restore_state(self, step: int, abstract_state):
+        """`abstract_state`: a tree of jax.ShapeDtypeStruct with shardings for this mesh."""
+        try:
+            out = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+            )
+        except (ValueError, KeyError, FileNotFoundError, OSError) as e:
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} cannot be restored onto this model "
+                f"({_first_line(e)}); check that the config matches the run, or use a new --workdir"
+            ) from e
+        return out.state
+
+    def restore_meta(self, step: int) -> tuple[dict, dict]:
+        """The run's config and tokenizer as stored with checkpoint `step`."""
+        try:
+            out = self.manager.restore(
+                step,
+                args=ocp.args.Composite(config=ocp.args.JsonRestore(), tokenizer=ocp.args.JsonRestore()),
+            )
+        except (ValueError, KeyError, FileNotFoundError, OSError) as e:
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} has no readable config/tokenizer "
+                f"({_first_line(e)})"
+            ) from e
+        return dict(out.config), dict(out.tokenizer)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_like(tree, shardings):
+    """ShapeDtypeStructs carrying the target shardings: the restore target orbax needs."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]

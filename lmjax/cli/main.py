@@ -1,0 +1,153 @@
+"""The `lmjax` command: train, eval, sample.
+
+    lmjax train [--config configs/NAME.py[:ARG]] [--config.model.num_layers=4 ...] [--workdir runs/x]
+    lmjax eval --workdir runs/x [--batches N]
+    lmjax sample --workdir runs/x --prompt "def " [--prompt "..."] [--temperature 0.8 ...]
+
+Configs are parsed by ml_collections' config_flags (files with get_config(arg), key-by-key
+overrides). Every user error ends in one `error: ...` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from absl import flags
+from ml_collections import config_flags
+
+from lmjax import config as config_lib
+from lmjax.errors import ConfigError, LmjaxError
+
+COMMANDS = ("train", "eval", "sample")
+USAGE = f"usage: lmjax {{{','.join(COMMANDS)}}} [flags]   (lmjax COMMAND --help for flags)"
+
+
+def default_config_path() -> str:
+    path = Path(__file__).resolve().parents[2] / "configs" / "default.py"
+    return str(path) if path.exists() else ""
+
+
+def _define_flags(command: str, fv: flags.FlagValues) -> None:
+    flags.DEFINE_boolean("verbose", False, "Show tracebacks for errors.", flag_values=fv)
+    if command == "train":
+        config_flags.DEFINE_config_file(
+            "config", default_config_path() or None, "Config file (configs/NAME.py[:ARG]).",
+            flag_values=fv, lock_config=False,
+        )
+        flags.DEFINE_string("workdir", "", "Run folder (default runs/<config name>).", flag_values=fv)
+        flags.DEFINE_boolean("force", False, "Start over in a workdir that holds another config's run "
+                             "(its checkpoints are renamed, not deleted).", flag_values=fv)
+        flags.DEFINE_boolean("progress", True, "Show a progress bar.", flag_values=fv)
+        return
+    flags.DEFINE_string("workdir", None, "Run folder written by `lmjax train`.", flag_values=fv)
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=fv)
+    if command == "eval":
+        flags.DEFINE_integer("batches", None, "Validation batches (0: the whole split; "
+                             "default: config.train.eval_batches).", flag_values=fv)
+    if command == "sample":
+        flags.DEFINE_multi_string("prompt", [], "Prompt text; repeat for several.", flag_values=fv)
+        flags.DEFINE_integer("max_new_tokens", None, "Tokens to generate.", flag_values=fv)
+        flags.DEFINE_float("temperature", None, "0 for greedy.", flag_values=fv)
+        flags.DEFINE_integer("top_k", None, "Keep the k most likely tokens (0: off).", flag_values=fv)
+        flags.DEFINE_float("top_p", None, "Nucleus sampling mass (1: off).", flag_values=fv)
+        flags.DEFINE_integer("seed", None, "Sampling seed.", flag_values=fv)
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Unknown --config.KEY overrides fail here, naming the nearest valid key."""
+    valid = config_lib.flat_keys(config_lib.base_config())
+    for arg in argv:
+        if arg.startswith("--config."):
+            key = arg[len("--config."):].split("=", 1)[0]
+            if key not in valid:
+                raise ConfigError(
+                    f"unknown config key 'config.{key}'; did you mean "
+                    f"'config.{config_lib.nearest_key(key, valid)}'?"
+                )
+
+
+def parse(command: str, argv: list[str]) -> flags.FlagValues:
+    if command == "train":
+        check_overrides(argv)
+    fv = flags.FlagValues()
+    full_argv = [f"lmjax {command}"] + argv
+    # config_flags reads the --config.KEY overrides from sys.argv when the flag is defined.
+    saved, sys.argv = sys.argv, full_argv
+    try:
+        _define_flags(command, fv)
+        fv(full_argv)
+        if command == "train":
+            if fv.config is None:
+                raise ConfigError("no config: pass --config configs/NAME.py")
+            _ = fv.config  # loading errors surface here
+    except flags.Error as e:
+        raise ConfigError(str(e).splitlines()[0]) from e
+    except (OSError, AttributeError, KeyError) as e:
+        raise ConfigError(f"cannot load config: {str(e).splitlines()[0]}") from e
+    finally:
+        sys.argv = saved
+    return fv
+
+
+def run_train(fv) -> int:
+    from lmjax.training.loop import train
+
+    name = Path(fv["config"].config_filename or "default").stem
+    workdir = fv.workdir or f"runs/{name}"
+    final = train(fv.config, workdir, progress=fv.progress, force=fv.force)
+    print(json.dumps({"workdir": workdir, **final}))
+    return 0
+
+
+def _load(fv):
+    import lmjax
+
+    if not fv.workdir:
+        raise ConfigError("--workdir is required: the folder of a run written by `lmjax train`")
+    return lmjax.load(fv.workdir, step=fv.step)
+
+
+def run_eval(fv) -> int:
+    run = _load(fv)
+    result = run.evaluate(batches=fv.batches)
+    print(json.dumps({"step": run.step, **result}))
+    return 0
+
+
+def run_sample(fv) -> int:
+    run = _load(fv)
+    if not fv.prompt:
+        raise ConfigError('--prompt is required, e.g. --prompt "def main("; repeat it for several')
+    outputs = run.generate(
+        list(fv.prompt), max_new_tokens=fv.max_new_tokens, temperature=fv.temperature,
+        top_k=fv.top_k, top_p=fv.top_p, seed=fv.seed,
+    )
+    for prompt, out in zip(fv.prompt, outputs):
+        print(f"--- prompt: {prompt!r}\n{prompt}{out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(USAGE, file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    command, rest = argv[0], argv[1:]
+    verbose = "--verbose" in rest
+    try:
+        fv = parse(command, rest)
+        return {"train": run_train, "eval": run_eval, "sample": run_sample}[command](fv)
+    except LmjaxError as e:
+        if verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Token datasets: a cached, memory-mapped token array per split, and batches drawn from it.
+
+`prepare` tokenizes a corpus once and caches it under `<cache_root>/tokens/<key>/`:
+    tokenizer.json  the tokenizer (self-contained JSON)
+    train.bin       train token ids, raw little-endian uint16 (vocab <= 65536) or uint32
+    val.bin         val token ids, same dtype
+    meta.json       dtype, token and byte counts, fingerprints, vocab_size
+The folder is written under a temporary name and renamed into place, so a reader never sees half of it.
+
+Batches are pure functions of their arguments, so resuming at step k replays exactly the data of an
+uninterrupted run, and every process of a multi-host run agrees on the global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+import numpy as np
+
+from lmjax.data.corpus import corpus_fingerprint, load_corpus
+from lmjax.data.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_json
+from lmjax.errors import DataError
+
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class Dataset:
+    train: np.ndarray  # 1-D np.memmap of token ids
+    val: np.ndarray
+    tokenizer: Tokenizer
+    corpus_fingerprint: str
+    train_bytes: int  # UTF-8 bytes of the train text
+    val_bytes: int  # UTF-8 bytes of the val text (for bits per byte)
+    cache_dir: str  # the folder holding this dataset's cache
+
+
+def cache_root(data_cfg) -> str:
+    """config.data.cache_dir, else $LMJAX_CACHE_DIR, else ~/.cache/lmjax."""
+    root = getattr(data_cfg, "cache_dir", "") or os.environ.get("LMJAX_CACHE_DIR", "") or "~/.cache/lmjax"
+    return os.path.expanduser(root)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    if vocab_size <= 2**16:
+        return np.dtype(np.uint16)
+    if vocab_size <= 2**32:
+        return np.dtype(np.uint32)
+    raise DataError(f"vocab_size {vocab_size} is too large for the token cache (uint32); lower config.data.vocab_size")
+
+
+def prepare(data_cfg) -> Dataset:
+    """Load (or build and cache) the tokenized train and val splits described by `config.data`."""
+    corpus_name = data_cfg.corpus
+    data_dir = getattr(data_cfg, "data_dir", "")
+    val_fraction = getattr(data_cfg, "val_fraction", 0.1)
+    kind = data_cfg.tokenizer
+    is_sp = kind == "sentencepiece"
+    # Settings a tokenizer ignores stay out of the key, so changing them reuses the cache.
+    vocab_size = getattr(data_cfg, "vocab_size", 0) if is_sp else 0
+    sp_model_type = getattr(data_cfg, "sp_model_type", "bpe") if is_sp else ""
+
+    fingerprint = corpus_fingerprint(corpus_name, data_dir=data_dir, val_fraction=val_fraction)
+    key_blob = json.dumps([FORMAT_VERSION, fingerprint, kind, vocab_size, sp_model_type]).encode()
+    key = hashlib.sha256(key_blob).hexdigest()[:20]
+    folder = os.path.join(cache_root(data_cfg), "tokens", key)
+    if not os.path.exists(os.path.join(folder, "meta.json")):
+        _build(folder, corpus_name, data_dir, val_fraction, kind, vocab_size, sp_model_type)
+    return _load(folder)
+
+
+def _build(folder, corpus_name, data_dir, val_fraction, kind, vocab_size, sp_model_type) -> None:
+    corpus = load_corpus(corpus_name, data_dir=data_dir, val_fraction=val_fraction)
+    tokenizer = build_tokenizer(kind, corpus.train, vocab_size=vocab_size, sp_model_type=sp_model_type)
+    dtype = token_dtype(tokenizer.vocab_size)
+    parent = os.path.dirname(folder)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.tmp-", dir=parent)
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the published cache should be readable
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "corpus": corpus.name,
+            "corpus_fingerprint": corpus.fingerprint,
+            "num_files": corpus.num_files,
+            "tokenizer": kind,
+            "tokenizer_fingerprint": tokenizer.fingerprint,
+            "vocab_size": tokenizer.vocab_size,
+            "dtype": dtype.name,
+        }
+        for split, text in (("train", corpus.train), ("val", corpus.val)):
+            ids = tokenizer.encode(text)
+            if ids.size and (ids.min() < 0 or ids.max() >= tokenizer.vocab_size):
+                raise DataError(
+                    f"tokenizer {kind!r} produced ids outside [0, {tokenizer.vocab_size}) for the {split} split; "
+                    "this is a bug in lmjax, please report it"
+                )
+            ids.astype(dtype.newbyteorder("<")).tofile(os.path.join(tmp, f"{split}.bin"))
+            meta[f"{split}_tokens"] = int(ids.size)
+            meta[f"{split}_bytes"] = len(text.encode("utf-8"))
+        with open(os.path.join(tmp, "tokenizer.json"), "w") as f:
+            json.dump(tokenizer.to_json(), f)
+        with open(os.path.join(tmp, "meta.json"), "w") as f:  # written last: its presence marks completeness
+            json.dump(meta, f, indent=1)
+        _publish(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(tmp: str, folder: str) -> None:
+    """Atomically rename `tmp` to `folder`; if another process got there first, keep the winner's."""
+    try:
+        os.rename(tmp, folder)
+    except OSError:
+        if not os.path.exists(os.path.join(folder, "meta.json")):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load(folder: str) -> Dataset:
+    with open(os.path.join(folder, "meta.json")) as f:
+        meta = json.load(f)
+    with open(os.path.join(folder, "tokenizer.json")) as f:
+        tokenizer = tokenizer_from_json(json.load(f))
+    dtype = np.dtype(meta["dtype"]).newbyteorder("<")
+    splits = {}
+    for split in ("train", "val"):
+        path = os.path.join(folder, f"{split}.bin")
+        if os.path.getsize(path) != meta[f"{split}_tokens"] * dtype.itemsize:
+            raise DataError(f"token cache file {path} has the wrong size; delete the folder {folder} to rebuild it")
+        splits[split] = np.memmap(path, dtype=dtype, mode="r")
+    return Dataset(
+        train=splits["train"],
+        val=splits["val"],
+        tokenizer=tokenizer,
+        corpus_fingerprint=meta["corpus_fingerprint"],
+        train_bytes=meta["train_bytes"],
+        val_bytes=meta["val_bytes"],
+        cache_dir=folder,
+    )
+
+
+def _local_rows(batch_size: int, process_index: int, process_count: int) -> slice:
+    if process_count <= 0 or batch_size % process_count:
+        raise DataError(
+            f"batch_size {batch_size} is not divisible by the {process_count} processes; "
+            "make config.train.batch_size a multiple of the process count"
+        )
+    if not 0 <= process_index < process_count:
+        raise DataError(f"process_index {process_index} is outside [0, {process_count})")
+    rows = batch_size // process_count
+    return slice(process_index * rows, (process_index + 1) * rows)
+
+
+def train_batch(
+    tokens: np.ndarray, *, seed: int, step: int, batch_size: int, seq_len: int,
+    process_index: int = 0, process_count: int = 1,
+) -> np.ndarray:
+    """This process's rows of the global batch for `step`: int32 [batch_size // process_count, seq_len + 1].
+
+    Inputs are `[:, :-1]` and targets `[:, 1:]`. The global batch's window starts come from
+    `default_rng([seed, step])`, so the batch depends on nothing but the arguments.
+    """
+    rows = _local_rows(batch_size, process_index, process_count)
+    if len(tokens) < seq_len + 1:
+        raise DataError(
+            f"the train split has {len(tokens)} tokens, fewer than seq_len+1={seq_len + 1}; "
+            "lower config.train.seq_len or use a bigger corpus"
+        )
+    starts = np.random.default_rng([seed, step]).integers(0, len(tokens) - seq_len, size=batch_size)
+    positions = starts[rows, None] + np.arange(seq_len + 1)
+    return np.asarray(tokens[positions], dtype=np.int32)  # reads only this process's windows
+
+
+def num_eval_batches(n_tokens: int, *, batch_size: int, seq_len: int, max_batches: int = 0) -> int:
+    """How many global batches `eval_batches` yields for a split of `n_tokens` tokens."""
+    windows = -(-(n_tokens - 1) // seq_len)  # each window holds seq_len targets (the last maybe fewer)
+    batches = -(-windows // batch_size)
+    return min(batches, max_batches) if max_batches > 0 else batches
+
+
+def eval_batches(
+    tokens: np.ndarray, *, batch_size: int, seq_len: int, max_batches: int = 0,
+    process_index: int = 0, process_count: int = 1,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Non-overlapping windows from the start of the split: window i is tokens [i*seq_len, i*seq_len+seq_len+1).
+
+    Yields this process's rows of each global batch as (tokens int32 [B_local, seq_len+1],
+    weights float32 [B_local, seq_len]); weights are 1 on real targets and 0 on padding, so over a full
+    pass they sum to len(tokens) - 1. A split shorter than seq_len+1 is fine: its one window is padded.
+    """
+    rows = _local_rows(batch_size, process_index, process_count)
+    n = len(tokens)
+    if n < 2:
+        raise DataError(f"the evaluation split has {n} tokens, too few to predict any; use a bigger corpus")
+    for b in range(num_eval_batches(n, batch_size=batch_size, seq_len=seq_len, max_batches=max_batches)):
+        window = np.arange(b * batch_size, (b + 1) * batch_size)[rows]
+        positions = window[:, None] * seq_len + np.arange(seq_len + 1)
+        real = positions < n
+        batch = np.where(real, np.asarray(tokens[np.minimum(positions, n - 1)], dtype=np.int32), 0)
+        yield batch.astype(np.int32), real[:, 1:].astype(np.float32)

@@ -1,0 +1,305 @@
+"""A decoder-only Transformer in Flax Linen, readable in one sitting.
+
+Pre-norm blocks, x + Attn(Norm(x)) then x + MLP(Norm(x)), a final norm, a GELU MLP (tanh
+approximation, as GPT-2) of hidden width mlp_ratio * width, and no biases in any projection (as in
+PaLM/LLaMA; LayerNorm keeps its own bias). Dropout, when on, follows the embedding and each
+residual branch (not the attention probabilities).
+Parameters are float32; activations are computed in cfg.dtype, while attention softmax and the
+returned logits are float32.
+
+Tensor names carry their shapes: B batch, L sequence length, D width, H heads, K kv heads,
+E head dim, F mlp hidden, V vocab.
+
+Every parameter carries logical axis names (nn.with_logical_partitioning); a sharding layer maps
+them to mesh axes. Outside a logical-rules context they are plain metadata.
+
+KV cache (decode=True): collection 'cache' holds `cache_index` (int32 scalar, next position to
+write) at the top level and `cached_key`/`cached_value` [B, max_len, K, E] in each attention layer.
+`init_cache(cfg, B)` builds an empty one; equivalently `Transformer(cfg).init(rng, tokens_BT,
+decode=True)['cache']` for any [B, T] tokens (e.g. [B, max_len]) - init never writes to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lmjax.errors import ConfigError, LmjaxError
+from lmjax.models.attention import ATTENTION, attend
+
+POSITIONS = ("rope", "learned")
+NORMS = ("rmsnorm", "layernorm")
+DTYPES = ("float32", "bfloat16")
+ROPE_BASE = 10000.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    max_len: int  # context length: learned-positions table size and KV-cache length
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 0  # 0 means num_heads
+    width: int = 256
+    mlp_ratio: int = 4
+    attention: str = "mha"
+    window: int = 0  # > 0: each token attends to at most this many recent positions
+    positions: str = "rope"
+    norm: str = "rmsnorm"
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    dtype: str = "float32"  # compute dtype; parameters are always float32
+    remat: bool = False
+
+    def __post_init__(self):
+        for name, val, options in [("attention", self.attention, tuple(ATTENTION)),
+                                   ("positions", self.positions, POSITIONS),
+                                   ("norm", self.norm, NORMS), ("dtype", self.dtype, DTYPES)]:
+            if val not in options:
+                raise ConfigError(f"model {name}={val!r} is not one of {', '.join(map(repr, options))}")
+        for name in ("vocab_size", "max_len", "num_layers", "num_heads", "width", "mlp_ratio"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"model {name} must be positive, got {getattr(self, name)}")
+        if self.width % self.num_heads:
+            raise ConfigError(f"num_heads={self.num_heads} does not divide width={self.width}")
+        if self.num_kv_heads < 0 or self.num_heads % self.kv_heads:
+            raise ConfigError(f"num_kv_heads={self.num_kv_heads} does not divide num_heads={self.num_heads}")
+        if not 0.0 <= self.dropout < 1.0 or self.window < 0:
+            raise ConfigError(f"model dropout must be in [0, 1) and window >= 0, got "
+                              f"dropout={self.dropout}, window={self.window}")
+        if self.positions == "rope" and self.head_dim % 2:
+            raise ConfigError(f"rotary positions need an even head dim, got {self.head_dim}")
+
+    @classmethod
+    def from_config(cls, model_cfg, *, vocab_size: int, max_len: int) -> ModelConfig:
+        """From the `config.model` ConfigDict (or a dict); keys that are not fields (e.g. 'size',
+        already applied by config.resolve) are ignored."""
+        d = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
+        names = {f.name for f in dataclasses.fields(cls)} - {"vocab_size", "max_len"}
+        return cls(vocab_size=vocab_size, max_len=max_len, **{k: v for k, v in d.items() if k in names})
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+
+def _layer_matmul_params(cfg: ModelConfig) -> int:
+    D, E = cfg.width, cfg.head_dim
+    attn = D * cfg.num_heads * E * 2 + D * cfg.kv_heads * E * 2  # q, out; k, v
+    return attn + 2 * D * cfg.mlp_ratio * D
+
+
+def param_count(cfg: ModelConfig, *, embeddings: bool = True) -> int:
+    """Exact number of parameters. embeddings=False leaves out the token embedding, the learned
+    positions table and an untied unembedding (Kaplan et al.'s "non-embedding" count)."""
+    D = cfg.width
+    norm = D * (2 if cfg.norm == "layernorm" else 1)
+    n = cfg.num_layers * (_layer_matmul_params(cfg) + 2 * norm) + norm
+    if embeddings:
+        n += cfg.vocab_size * D
+        n += cfg.max_len * D if cfg.positions == "learned" else 0
+        n += 0 if cfg.tie_embeddings else D * cfg.vocab_size
+    return n
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward), in the style of Kaplan et al. / PaLM:
+
+        6 * N + 6 * V * D + 6 * num_layers * seq_len * D
+
+    N counts the matmul weights of the blocks (q, k, v, out, MLP up and down; norms and embedding
+    lookups are negligible), 6 * V * D is the unembedding matmul (tied or not), and the last term is
+    attention's QK^T and AV: PaLM's 12 * L * T * D halved, because causal masking leaves half of the
+    score matrix unused. The window, if any, is not taken into account.
+    """
+    D = cfg.width
+    return float(6 * cfg.num_layers * _layer_matmul_params(cfg) + 6 * cfg.vocab_size * D
+                 + 6 * cfg.num_layers * seq_len * D)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _init(std: float, axes: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
+
+
+def _dense(cfg: ModelConfig, features: int, axes, name: str, std: float = 0.02, **kw) -> nn.Dense:
+    return nn.Dense(features, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                    kernel_init=_init(std, axes), name=name, **kw)
+
+
+def _norm(cfg: ModelConfig, name: str) -> nn.Module:
+    ones = nn.with_logical_partitioning(nn.initializers.ones, ("norm",))
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(dtype=cfg.compute_dtype, scale_init=ones, name=name)
+    zeros = nn.with_logical_partitioning(nn.initializers.zeros, ("norm",))
+    return nn.LayerNorm(dtype=cfg.compute_dtype, scale_init=ones, bias_init=zeros, name=name)
+
+
+def _out_std(cfg: ModelConfig) -> float:
+    # GPT-2: residual-branch outputs scaled down so the stream's variance does not grow with depth.
+    return 0.02 / math.sqrt(2 * cfg.num_layers)
+
+
+def rope_sin_cos(pos_L, head_dim: int):
+    """sin, cos [L, E/2] (float32) for rotary embeddings at absolute positions pos_L."""
+    freq_F = ROPE_BASE ** (-jnp.arange(0, head_dim // 2, dtype=jnp.float32) / (head_dim // 2))
+    angle_LF = pos_L.astype(jnp.float32)[:, None] * freq_F[None, :]
+    return jnp.sin(angle_LF), jnp.cos(angle_LF)
+
+
+def apply_rope(x_BLHE, sin_LF, cos_LF):
+    """Rotate pairs (x[i], x[i + E/2]) by position-dependent angles (GPT-NeoX/LLaMA layout)."""
+    x1, x2 = jnp.split(x_BLHE.astype(jnp.float32), 2, axis=-1)
+    sin, cos = sin_LF[None, :, None, :], cos_LF[None, :, None, :]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x_BLHE.dtype)
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BLD, rope, offset, decode: bool):
+        cfg = self.cfg
+        B, L, D = x_BLD.shape
+        H, K, E = cfg.num_heads, cfg.kv_heads, cfg.head_dim
+        x_ND = x_BLD.reshape(B * L, D)  # 2-D matmuls: see Mlp
+        q_BLHE = _dense(cfg, H * E, ("embed", "heads"), "query")(x_ND).reshape(B, L, H, E)
+        k_BLKE = _dense(cfg, K * E, ("embed", "kv_heads"), "key")(x_ND).reshape(B, L, K, E)
+        v_BLKE = _dense(cfg, K * E, ("embed", "kv_heads"), "value")(x_ND).reshape(B, L, K, E)
+        if rope is not None:
+            q_BLHE, k_BLKE = apply_rope(q_BLHE, *rope), apply_rope(k_BLKE, *rope)
+        k_BSKE, v_BSKE = (self._update_cache(k_BLKE, v_BLKE, offset) if decode
+                          else (k_BLKE, v_BLKE))
+        out_BLHE = attend(q_BLHE, k_BSKE, v_BSKE, q_offset=offset, kv_length=offset + L, cfg=cfg)
+        out_ND = _dense(cfg, D, ("heads", "embed"), "out", _out_std(cfg))(out_BLHE.reshape(B * L, H * E))
+        return out_ND.reshape(B, L, D)
+
+    def _update_cache(self, k_BLKE, v_BLKE, offset):
+        """Write this call's keys/values at cache slots offset..offset+L; return the whole cache."""
+        cfg = self.cfg
+        shape = (k_BLKE.shape[0], cfg.max_len, cfg.kv_heads, cfg.head_dim)
+        initialized = self.has_variable("cache", "cached_key")
+        key = self.variable("cache", "cached_key", jnp.zeros, shape, cfg.compute_dtype)
+        value = self.variable("cache", "cached_value", jnp.zeros, shape, cfg.compute_dtype)
+        if not initialized:  # model.init(decode=True) only creates the (empty) cache
+            return k_BLKE, v_BLKE
+        key.value = jax.lax.dynamic_update_slice(key.value, k_BLKE.astype(key.value.dtype),
+                                                 (0, offset, 0, 0))
+        value.value = jax.lax.dynamic_update_slice(value.value, v_BLKE.astype(value.value.dtype),
+                                                   (0, offset, 0, 0))
+        return key.value, value.value
+
+
+class Mlp(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BLD):
+        cfg = self.cfg
+        B, L, D = x_BLD.shape
+        # 2-D matmuls: XLA:CPU runs the backward of 3-D ones fused with GELU ~3x slower.
+        x_ND = x_BLD.reshape(B * L, D)
+        h_NF = nn.gelu(_dense(cfg, cfg.mlp_ratio * D, ("embed", "mlp"), "up")(x_ND))
+        return _dense(cfg, D, ("mlp", "embed"), "down", _out_std(cfg))(h_NF).reshape(B, L, D)
+
+
+class Block(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BLD, rope, offset, train: bool, decode: bool):
+        cfg = self.cfg
+        drop = nn.Dropout(cfg.dropout, deterministic=not train)
+        x_BLD = x_BLD + drop(Attention(cfg, name="attn")(_norm(cfg, "attn_norm")(x_BLD), rope,
+                                                         offset, decode))
+        x_BLD = x_BLD + drop(Mlp(cfg, name="mlp")(_norm(cfg, "mlp_norm")(x_BLD)))
+        return nn.with_logical_constraint(x_BLD, ("batch", "length", "act_embed"))
+
+
+class Transformer(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_BL, *, train: bool = False, decode: bool = False):
+        """float32 logits [B, L, V]. With decode=True (and mutable=['cache']) the tokens continue
+        the sequence in the cache: they sit at positions cache_index..cache_index+L."""
+        cfg = self.cfg
+        B, L = tokens_BL.shape
+        offset = 0
+        if decode:
+            initialized = self.has_variable("cache", "cache_index")
+            index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+            if initialized:
+                offset = index.value
+                index.value = offset + L
+        if cfg.positions == "learned" and L > cfg.max_len:
+            raise LmjaxError(f"{L} tokens exceed the learned positions table of {cfg.max_len}; "
+                             "feed at most max_len tokens")
+        pos_L = offset + jnp.arange(L)
+
+        embed_VD = self.param("embedding", _init(0.02, ("vocab", "embed_vocab")),
+                              (cfg.vocab_size, cfg.width), jnp.float32)
+        x_BLD = jnp.take(embed_VD, tokens_BL, axis=0).astype(cfg.compute_dtype)
+        if cfg.positions == "learned":
+            pos_embed_LD = self.param("pos_embedding", _init(0.02, ("length_pos", "embed_vocab")),
+                                      (cfg.max_len, cfg.width), jnp.float32)
+            x_BLD = x_BLD + jnp.take(pos_embed_LD, pos_L, axis=0).astype(cfg.compute_dtype)
+        x_BLD = nn.Dropout(cfg.dropout, deterministic=not train)(x_BLD)
+        x_BLD = nn.with_logical_constraint(x_BLD, ("batch", "length", "act_embed"))
+        rope = rope_sin_cos(pos_L, cfg.head_dim) if cfg.positions == "rope" else None
+
+        # remat only pays off when training; the cache update must not be recomputed.
+        block = nn.remat(Block, static_argnums=(4, 5)) if cfg.remat and not decode else Block
+        for i in range(cfg.num_layers):
+            x_BLD = block(cfg, name=f"block_{i}")(x_BLD, rope, offset, train, decode)
+        x_BLD = _norm(cfg, "final_norm")(x_BLD)
+
+        if cfg.tie_embeddings:
+            logits_BLV = jnp.einsum("bld,vd->blv", x_BLD, embed_VD.astype(cfg.compute_dtype),
+                                    preferred_element_type=jnp.float32)
+        else:
+            f32_dot = functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
+            logits_BLV = _dense(cfg, cfg.vocab_size, ("embed", "vocab"), "unembed",
+                                dot_general=f32_dot)(x_BLD)
+        return nn.with_logical_constraint(logits_BLV.astype(jnp.float32), ("batch", "length", "vocab"))
+
+
+def unboxed(tree):
+    """`tree` with nn.LogicallyPartitioned boxes replaced by their arrays. Unlike nn.unbox this
+    adds no sharding constraint, so it also works under a mesh and logical-axis rules."""
+    is_box = lambda x: isinstance(x, nn.Partitioned)  # noqa: E731
+    return jax.tree.map(lambda x: x.value if is_box(x) else x, tree, is_leaf=is_box)
+
+
+def init_params(cfg: ModelConfig, rng, *, boxed: bool = False):
+    """The 'params' tree of a fresh model, from a dummy [1, min(max_len, 8)] input.
+
+    By default plain float32 arrays (metadata stripped by `unboxed`). boxed=True keeps the
+    nn.LogicallyPartitioned boxes, whose names nn.get_partition_spec reads; Transformer.apply
+    accepts either form.
+    """
+    tokens = jnp.zeros((1, min(cfg.max_len, 8)), jnp.int32)
+    params = Transformer(cfg).init(rng, tokens)["params"]
+    return params if boxed else unboxed(params)
+
+
+def init_cache(cfg: ModelConfig, batch_size: int):
+    """An empty KV cache (cache_index 0) for decode=True calls with `batch_size` rows."""
+    tokens = jnp.zeros((batch_size, 1), jnp.int32)
+    shapes = jax.eval_shape(
+        lambda: Transformer(cfg).init(jax.random.key(0), tokens, decode=True)["cache"])
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

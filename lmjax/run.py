@@ -1,0 +1,136 @@
+"""`lmjax.load(workdir)`: a trained run in a notebook, on any machine.
+
+The checkpoint is restored onto this machine's first device whatever mesh wrote it: the
+restore target carries a single-device sharding (orbax reshards on read).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from lmjax import config as config_lib
+from lmjax.checkpointing import Checkpointer
+from lmjax.data import Tokenizer, prepare, tokenizer_from_json
+from lmjax.errors import CheckpointError
+from lmjax.models import ModelConfig, generate, token_logprobs
+from lmjax.training import sharding
+from lmjax.training.logging import read_metrics
+
+
+class History(dict):
+    """Logged metrics as columns (name -> list, None where a row lacks the name).
+
+    `pd.DataFrame(run.metrics)` or `run.metrics.to_pandas()` gives a table indexed by row.
+    """
+
+    def __init__(self, rows: list[dict]):
+        names = list(dict.fromkeys(k for r in rows for k in r))
+        super().__init__({k: [r.get(k) for r in rows] for k in names})
+        self.rows = rows
+
+    def to_pandas(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def __repr__(self):
+        return f"History({len(self.rows)} rows: {', '.join(self)})"
+
+
+@dataclasses.dataclass
+class TokenScores:
+    tokens: list[str]  # the scored tokens (every token but the first, which has no context)
+    logprobs: np.ndarray  # log p(token | everything before it), nats
+
+    @property
+    def total(self) -> float:
+        return float(self.logprobs.sum())
+
+
+@dataclasses.dataclass
+class Run:
+    workdir: Path
+    step: int
+    config: ml_collections.ConfigDict
+    params: dict
+    tokenizer: Tokenizer
+    model_cfg: ModelConfig
+
+    @property
+    def metrics(self) -> History:
+        return History(read_metrics(self.workdir))
+
+    def generate(self, prompts: str | Sequence[str], *, max_new_tokens: int | None = None,
+                 temperature: float | None = None, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None) -> str | list[str]:
+        """Continuations of `prompts` (a string gives a string). Defaults from config.sample;
+        max_new_tokens 0 fills the model's context after the longest prompt."""
+        s = self.config.sample
+        single = isinstance(prompts, str)
+        ids = [self.tokenizer.encode(p) for p in ([prompts] if single else prompts)]
+        max_new_tokens = _or(max_new_tokens, s.max_new_tokens)
+        if max_new_tokens == 0:  # fill the context
+            max_new_tokens = max(self.model_cfg.max_len - max(len(i) for i in ids), 1)
+        new = generate(
+            self.model_cfg, self.params, ids,
+            max_new_tokens=max_new_tokens, temperature=_or(temperature, s.temperature),
+            top_k=_or(top_k, s.top_k), top_p=_or(top_p, s.top_p), seed=_or(seed, s.seed),
+        )
+        texts = [self.tokenizer.decode(t) for t in new]
+        return texts[0] if single else texts
+
+    def score(self, text: str) -> TokenScores:
+        ids = self.tokenizer.encode(text)
+        logprobs = token_logprobs(self.model_cfg, self.params, ids)
+        return TokenScores([self.tokenizer.decode([i]) for i in ids[1:]], np.asarray(logprobs))
+
+    def evaluate(self, batches: int | None = None) -> dict:
+        """Validation loss, perplexity, bits per byte (batches 0: the whole split)."""
+        from lmjax.training.loop import evaluate, tokens_per_byte
+        from lmjax.training.steps import make_setup
+
+        data = prepare(self.config.data)
+        tc = self.config.train
+        mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}),
+                                  devices=jax.devices()[:1])
+        setup = make_setup(self.config, vocab_size=self.tokenizer.vocab_size, mesh=mesh)
+        batch = math.gcd(tc.batch_size, 64)
+        return evaluate(setup, self.params, data.val, batch_size=batch, seq_len=tc.seq_len,
+                        max_batches=tc.eval_batches if batches is None else batches,
+                        tokens_per_byte=tokens_per_byte(data))
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+def load(workdir: str | Path, step: int | None = None) -> Run:
+    """Load the run in `workdir` (the latest checkpoint, or `step`) onto this machine."""
+    from lmjax.training.steps import make_setup
+
+    workdir = Path(workdir)
+    if not (workdir / "checkpoints").is_dir():
+        raise CheckpointError(f"{workdir} holds no checkpoints; train one with `lmjax train --workdir {workdir}`")
+    ckpt = Checkpointer(workdir, read_only=True)
+    steps = ckpt.all_steps()
+    if not steps:
+        raise CheckpointError(f"{workdir}/checkpoints holds no complete checkpoint")
+    step = max(steps) if step is None else step
+    if step not in steps:
+        raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has steps {sorted(steps)}")
+    cfg_dict, tok_json = ckpt.restore_meta(step)
+    config = config_lib.resolve(ml_collections.ConfigDict(cfg_dict))
+    tokenizer = tokenizer_from_json(tok_json)
+    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}),
+                              devices=jax.devices()[:1])
+    setup = make_setup(config, vocab_size=tokenizer.vocab_size, mesh=mesh)
+    state = ckpt.restore_state(step, setup.abstract_state)
+    ckpt.close()
+    return Run(workdir, step, config, state.params, tokenizer, setup.model_cfg)

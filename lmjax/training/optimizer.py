@@ -1,0 +1,42 @@
+"""AdamW with warmup and decay, global-norm clipping, and weight decay on matrices only."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+
+def lr_schedule(train_cfg) -> optax.Schedule:
+    peak, steps = train_cfg.lr, train_cfg.steps
+    warmup = min(train_cfg.warmup_steps, steps)
+    end = peak * train_cfg.min_lr_ratio
+    decay_steps = max(steps - warmup, 1)
+    decay = {
+        "cosine": optax.cosine_decay_schedule(peak, decay_steps, alpha=train_cfg.min_lr_ratio),
+        "linear": optax.linear_schedule(peak, end, decay_steps),
+        "constant": optax.constant_schedule(peak),
+    }[train_cfg.schedule]
+    if warmup == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def decay_mask(params):
+    # Norm scales and biases are not decayed: shrinking them towards 0 only fights the norm.
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(train_cfg) -> optax.GradientTransformation:
+    parts = []
+    if train_cfg.grad_clip > 0:
+        parts.append(optax.clip_by_global_norm(train_cfg.grad_clip))
+    parts.append(
+        optax.adamw(
+            lr_schedule(train_cfg),
+            b1=train_cfg.b1,
+            b2=train_cfg.b2,
+            weight_decay=train_cfg.weight_decay,
+            mask=decay_mask,
+        )
+    )
+    return optax.chain(*parts)

@@ -1,0 +1,147 @@
+"""The pure functions that jit compiles: state init, train step, eval step."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from lmjax.models import ModelConfig, Transformer
+from lmjax.training import sharding
+from lmjax.training.optimizer import lr_schedule, make_optimizer
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def cross_entropy(logits_BLV, targets_BL, weights_BL=None):
+    """Sum of token losses and of weights (float32), so batches combine exactly."""
+    losses_BL = optax.softmax_cross_entropy_with_integer_labels(
+        logits_BLV.astype(jnp.float32), targets_BL
+    )
+    if weights_BL is None:
+        weights_BL = jnp.ones_like(losses_BL)
+    return jnp.sum(losses_BL * weights_BL), jnp.sum(weights_BL)
+
+
+@contextlib.contextmanager
+def mesh_context(mesh: Mesh):
+    """Tracing under this context resolves the model's logical sharding constraints."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        yield
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything derived from (config, vocabulary, mesh) that the loop and loaders share."""
+
+    model_cfg: ModelConfig
+    model: Transformer
+    optimizer: optax.GradientTransformation
+    mesh: Mesh
+    abstract_state: TrainState  # ShapeDtypeStructs carrying this mesh's shardings
+    state_shardings: TrainState
+    init_state: Callable  # rng -> TrainState, placed on the mesh
+    train_step: Callable  # (state, batch) -> (state, metrics), jitted, state donated
+    eval_step: Callable  # (params, tokens, weights) -> (loss_sum, weight_sum), jitted
+
+
+def make_setup(config, *, vocab_size: int, mesh: Mesh) -> Setup:
+    model_cfg = ModelConfig.from_config(config.model, vocab_size=vocab_size, max_len=config.train.seq_len)
+    model = Transformer(model_cfg)
+    optimizer = make_optimizer(config.train)
+    dummy = jnp.zeros((1, min(config.train.seq_len, 8)), jnp.int32)
+
+    def init_boxed(rng):
+        params = model.init(rng, dummy)["params"]  # nn.LogicallyPartitioned leaves
+        return TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=optimizer.init(params))
+
+    with mesh_context(mesh):
+        boxed = jax.eval_shape(init_boxed, jax.random.key(0))
+    # Outside the rules context: there, unboxing would add sharding constraints.
+    shardings = sharding.tree_shardings(mesh, boxed)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed), shardings
+    )
+    init_state = jax.jit(lambda rng: nn.unbox(init_boxed(rng)), out_shardings=shardings)
+    train_step = jax.jit(
+        make_train_step(model, optimizer, config.train),
+        in_shardings=(shardings, sharding.batch_sharding(mesh)),
+        out_shardings=(shardings, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
+    eval_step = jax.jit(
+        make_eval_step(model),
+        in_shardings=(shardings.params, sharding.batch_sharding(mesh), sharding.batch_sharding(mesh)),
+        out_shardings=sharding.replicated(mesh),
+    )
+
+    def under_mesh(fn):
+        def call(*args):
+            with mesh_context(mesh):
+                return fn(*args)
+        return call
+
+    return Setup(model_cfg, model, optimizer, mesh, abstract, shardings,
+                 under_mesh(init_state), under_mesh(train_step), under_mesh(eval_step))
+
+
+def make_train_step(model: Transformer, optimizer, train_cfg):
+    """Returns the pure `train_step(state, batch) -> (state, metrics)`.
+
+    `batch` is int32 [B, L+1]. Dropout randomness is a function of (seed, step) alone, so a
+    resumed run draws the same masks as an uninterrupted one.
+    """
+    accum = train_cfg.grad_accum
+    schedule = lr_schedule(train_cfg)
+    base_key = jax.random.key(train_cfg.seed)
+
+    def loss_fn(params, batch_BL1, rng):
+        logits_BLV = model.apply({"params": params}, batch_BL1[:, :-1], train=True, rngs={"dropout": rng})
+        loss_sum, count = cross_entropy(logits_BLV, batch_BL1[:, 1:])
+        return loss_sum / count
+
+    grad_fn = jax.value_and_grad(loss_fn)
+
+    def train_step(state: TrainState, batch_BL1):
+        rng = jax.random.fold_in(base_key, state.step)
+        if accum == 1:
+            loss, grads = grad_fn(state.params, batch_BL1, rng)
+        else:
+            # Micro-batch i takes rows i, i+accum, ...: each device keeps its own rows.
+            B = batch_BL1.shape[0]
+            micro_ABL1 = batch_BL1.reshape(B // accum, accum, -1).swapaxes(0, 1)
+
+            def accumulate(carry, xs):
+                i, micro_BL1 = xs
+                loss, grads = grad_fn(state.params, micro_BL1, jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+            zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+            (loss, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accum), micro_ABL1))
+            loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def make_eval_step(model: Transformer):
+    def eval_step(params, batch_BL1, weights_BL):
+        logits_BLV = model.apply({"params": params}, batch_BL1[:, :-1])
+        return cross_entropy(logits_BLV, batch_BL1[:, 1:], weights_BL)
+
+    return eval_step

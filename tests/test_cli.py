@@ -1,0 +1,107 @@
+"""The `lmjax` command end to end: train, resume, eval, sample, and clear errors for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lmjax.cli.main import main
+
+TINY = [
+    "--config.data.corpus=tinyshakespeare", "--config.data.tokenizer=char",
+    "--config.model.num_layers=2", "--config.model.num_heads=2", "--config.model.width=64",
+    "--config.train.steps=30", "--config.train.batch_size=8", "--config.train.seq_len=32",
+    "--config.train.eval_every=30", "--config.train.eval_batches=4", "--config.train.log_every=10",
+    "--config.train.checkpoint_every=20", "--progress=false",
+]
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("cli") / "run"
+    # A subprocess, as a user runs it, on one device; the tests below resume it on eight.
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    proc = subprocess.run([sys.executable, "-m", "lmjax.cli.main", "train", *TINY, f"--workdir={workdir}"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return workdir, proc
+
+
+def test_train_writes_run(trained):
+    workdir, proc = trained
+    final = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert final["step"] == 30
+    assert final["val_loss"] < 4.0  # chars: uniform over 65 is 4.17 nats
+    assert (workdir / "metrics.jsonl").exists()
+    assert list((workdir / "tensorboard").iterdir())
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["20", "30"]
+    info = json.loads((workdir / "run.json").read_text())
+    assert len(info["corpus_fingerprint"]) == 64
+
+
+def test_train_again_continues(trained, capsys):
+    workdir, _ = trained
+    code, out, err = run_cli(["train", *TINY, "--config.train.steps=40", f"--workdir={workdir}"], capsys)
+    assert code == 0, err
+    assert "resuming at step 30" in out
+    assert json.loads(out.strip().splitlines()[-1])["step"] == 40
+
+
+def test_eval_prints_json(trained, capsys):
+    workdir, _ = trained
+    code, out, err = run_cli(["eval", f"--workdir={workdir}", "--batches=2"], capsys)
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert {"step", "loss", "perplexity", "bits_per_byte"} <= set(result)
+    assert abs(result["perplexity"] - 2.718281828 ** result["loss"]) < 1e-3 * result["perplexity"]
+
+
+def test_sample_several_prompts(trained, capsys):
+    workdir, _ = trained
+    code, out, err = run_cli(["sample", f"--workdir={workdir}", "--prompt=ROMEO:", "--prompt=To be",
+                              "--max_new_tokens=20", "--seed=1"], capsys)
+    assert code == 0, err
+    assert out.count("--- prompt:") == 2 and "ROMEO:" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.model.widht=3"], "did you mean 'config.model.width'"),
+    (["--config.model.num_layers=abc"], "config.model.num_layers"),
+    (["--config.model.num_heads=3"], "does not divide config.model.width"),
+    (["--config.model.num_kv_heads=3"], "config.model.num_kv_heads=3 does not divide"),
+    (["--config.model.attention=flash"], "config.model.attention='flash' is not one of"),
+    (["--config.mesh.data=3"], "does not match the 8 available devices"),
+    (["--config.train.batch_size=12", "--config.mesh.data=8"], "not divisible by the 8 data-parallel"),
+    (["--config.data.corpus=/no/such/corpus.txt"], "matched no files"),
+    (["--config=configs/no_such.py"], "cannot load config"),
+])
+def test_bad_config_fails_with_one_line(args, message, capsys, tmp_path):
+    # --config must precede the overrides; every other bad value overrides TINY's.
+    argv = args + TINY if args[0].startswith("--config=") else TINY + args
+    code, out, err = run_cli(["train", *argv, f"--workdir={tmp_path}"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert message in lines[0]
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_workdir_of_another_config_is_refused(trained, capsys):
+    workdir, _ = trained
+    before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    code, _, err = run_cli(["train", *TINY, "--config.model.width=128", f"--workdir={workdir}"], capsys)
+    assert code == 2 and "holds a run of another config" in err and "--force" in err
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
+
+
+def test_eval_without_run_fails(tmp_path, capsys):
+    code, _, err = run_cli(["eval", f"--workdir={tmp_path}"], capsys)
+    assert code == 2 and "holds no checkpoints" in err
