@@ -89,6 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 2
 
     c.sample = ml_collections.ConfigDict()
+    c.sample.prompt = ""  # `lmjax train` ends by printing a continuation of this, when set
     c.sample.max_new_tokens = 0  # 0: fill the context (train.seq_len) after the prompt
     c.sample.temperature = 0.8
     c.sample.top_k = 0

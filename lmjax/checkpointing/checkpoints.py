@@ -8,6 +8,7 @@ what lets a checkpoint written on 8 devices come back on 1 (and the other way ro
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import jax
@@ -20,6 +21,8 @@ class Checkpointer:
     def __init__(self, workdir: str | Path, *, keep: int = 2, async_save: bool = True,
                  read_only: bool = False):
         self.directory = Path(workdir).resolve() / "checkpoints"
+        if read_only:  # orbax warns at length that a read-only manager will not save
+            logging.getLogger("absl").setLevel(logging.ERROR)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep if keep > 0 else None,
             create=not read_only,

@@ -97,6 +97,11 @@ def run_train(fv) -> int:
     name = Path(fv["config"].config_filename or "default").stem
     workdir = fv.workdir or f"runs/{name}"
     final = train(fv.config, workdir, progress=fv.progress, force=fv.force)
+    if fv.config.sample.prompt:
+        import lmjax
+
+        prompt = fv.config.sample.prompt
+        print(f"--- sample at step {final['step']}:\n{prompt}{lmjax.load(workdir).generate(prompt)}\n---")
     print(json.dumps({"workdir": workdir, **final}))
     return 0
 
