@@ -40,6 +40,10 @@ def _define_flags(command: str, fv: flags.FlagValues) -> None:
         flags.DEFINE_boolean("force", False, "Start over in a workdir that holds another config's run "
                              "(its checkpoints are renamed, not deleted).", flag_values=fv)
         flags.DEFINE_boolean("progress", True, "Show a progress bar.", flag_values=fv)
+        flags.DEFINE_boolean("distributed", False, "Multi-host: call jax.distributed.initialize() "
+                             "(coordinator and process ids from the cluster's environment: SLURM, "
+                             "TPU VMs, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / "
+                             "JAX_PROCESS_ID).", flag_values=fv)
         return
     flags.DEFINE_string("workdir", None, "Run folder written by `lmjax train`.", flag_values=fv)
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=fv)
@@ -92,8 +96,12 @@ def parse(command: str, argv: list[str]) -> flags.FlagValues:
 
 
 def run_train(fv) -> int:
+    import jax
+
     from lmjax.training.loop import train
 
+    if fv.distributed:
+        jax.distributed.initialize()  # before any other JAX call: every host joins one mesh
     name = Path(fv["config"].config_filename or "default").stem
     workdir = fv.workdir or f"runs/{name}"
     final = train(fv.config, workdir, progress=fv.progress, force=fv.force)
