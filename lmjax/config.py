@@ -33,6 +33,7 @@ POSITIONS = ("rope", "learned")
 ATTENTIONS = ("mha",)
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "linear", "constant")
+NONFINITE = ("halt", "skip")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -87,6 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_batches = 16  # 0: the whole validation split
     c.train.checkpoint_every = 500
     c.train.keep_checkpoints = 2
+    c.train.nonfinite = "halt"  # NaN/Inf loss or gradients: 'halt', or 'skip' the update
+    c.train.max_nonfinite = 3  # 'skip': halt after this many non-finite steps in a row
 
     c.sample = ml_collections.ConfigDict()
     c.sample.prompt = ""  # `lmjax train` ends by printing a continuation of this, when set
@@ -157,6 +160,12 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _choice("model.attention", m.attention, ATTENTIONS)
     _choice("model.dtype", m.dtype, DTYPES)
     _choice("train.schedule", t.schedule, SCHEDULES)
+    _choice("train.nonfinite", t.nonfinite, NONFINITE)
+    if d.vocab_size > 2**31:
+        raise ConfigError(
+            f"config.data.vocab_size={d.vocab_size} is too large for the token cache (ids must fit "
+            "int32); lower config.data.vocab_size"
+        )
     if d.tokenizer == "sentencepiece" and d.vocab_size <= 0:
         raise ConfigError("config.data.tokenizer='sentencepiece' needs config.data.vocab_size > 0, e.g. 4096")
     kv = m.num_kv_heads or m.num_heads

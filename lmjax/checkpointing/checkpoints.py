@@ -55,10 +55,14 @@ class Checkpointer:
             out = self.manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
             )
-        except (ValueError, KeyError, FileNotFoundError, OSError) as e:
+        except Exception as e:  # orbax/tensorstore raise many types for unreadable data
+            others = [s for s in self.all_steps() if s != step]
             raise CheckpointError(
                 f"checkpoint step {step} in {self.directory} cannot be restored onto this model "
-                f"({_first_line(e)}); check that the config matches the run, or use a new --workdir"
+                f"({_first_line(e)}): it is corrupt or from another config; move "
+                f"{self.directory / str(step)} aside to resume from "
+                + (f"step {max(others)}" if others else "scratch")
+                + ", or use a new --workdir"
             ) from e
         return out.state
 
@@ -69,7 +73,7 @@ class Checkpointer:
                 step,
                 args=ocp.args.Composite(config=ocp.args.JsonRestore(), tokenizer=ocp.args.JsonRestore()),
             )
-        except (ValueError, KeyError, FileNotFoundError, OSError) as e:
+        except Exception as e:
             raise CheckpointError(
                 f"checkpoint step {step} in {self.directory} has no readable config/tokenizer "
                 f"({_first_line(e)})"

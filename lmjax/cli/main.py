@@ -11,6 +11,8 @@ overrides). Every user error ends in one `error: ...` line and exit status 2.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -105,7 +107,10 @@ def run_train(fv) -> int:
     name = Path(fv["config"].config_filename or "default").stem
     workdir = fv.workdir or f"runs/{name}"
     final = train(fv.config, workdir, progress=fv.progress, force=fv.force)
-    if fv.config.sample.prompt:
+    if final["preempted"]:
+        print(f"preempted at step {final['step']}: checkpoint saved in {workdir}; "
+              "run the same command to continue", file=sys.stderr)
+    elif fv.config.sample.prompt:
         import lmjax
 
         prompt = fv.config.sample.prompt
@@ -149,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]
     verbose = "--verbose" in rest
+    if not verbose:  # library logs (orbax's background-thread tracebacks) only with --verbose
+        logging.getLogger("absl").setLevel(logging.CRITICAL)
     try:
         fv = parse(command, rest)
         return {"train": run_train, "eval": run_eval, "sample": run_sample}[command](fv)
@@ -162,5 +169,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """Console script. After an error, leave without interpreter teardown: a failed
+    asynchronous save leaves orbax threads that would print tracebacks on the way out."""
+    code = main()
+    if code:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -50,9 +50,12 @@ def cache_root(data_cfg) -> str:
 def token_dtype(vocab_size: int) -> np.dtype:
     if vocab_size <= 2**16:
         return np.dtype(np.uint16)
-    if vocab_size <= 2**32:
+    if vocab_size <= 2**31:  # batches are int32, so uint32's top half is unusable
         return np.dtype(np.uint32)
-    raise DataError(f"vocab_size {vocab_size} is too large for the token cache (uint32); lower config.data.vocab_size")
+    raise DataError(
+        f"vocab_size {vocab_size} is too large for the token cache (ids must fit int32); "
+        "lower config.data.vocab_size"
+    )
 
 
 def prepare(data_cfg) -> Dataset:

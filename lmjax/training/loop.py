@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -14,8 +17,8 @@ from tqdm.auto import tqdm
 
 from lmjax import config as config_lib
 from lmjax.checkpointing import Checkpointer
-from lmjax.data import Dataset, eval_batches, prepare, train_batch
-from lmjax.errors import ConfigError
+from lmjax.data import Dataset, eval_batches, prepare, tokenizer_from_json, train_batch
+from lmjax.errors import CheckpointError, ConfigError, LmjaxError
 from lmjax.models import flops_per_token, param_count
 from lmjax.training import hardware, sharding
 from lmjax.training.logging import MetricsWriter
@@ -78,12 +81,78 @@ def check_workdir(workdir: Path, cfg: dict, force: bool) -> None:
             ckpts.rename(aside)  # set aside, never deleted: --force must not lose a run
 
 
+class NonFiniteError(LmjaxError):
+    """Training met NaN/Inf and the config's policy says halt."""
+
+
+class Preemption:
+    """SIGTERM/SIGINT ask the loop to finish its step, checkpoint and leave (exit 0).
+
+    A second signal interrupts at once. On several hosts, JAX's preemption sync point makes
+    every host stop at the same step (it needs jax.distributed).
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def should_stop(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
+
+def _truncate_metrics(workdir: Path, step: int) -> None:
+    """Drop logged rows past the checkpoint we resume from: they will be logged again."""
+    path = workdir / "metrics.jsonl"
+    if path.exists():
+        keep = [line for line in path.read_text().splitlines()
+                if line.strip() and _row_step(line) <= step]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, path)
+
+
+def _row_step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62  # a torn line: drop it
+
+
+def _check_tokenizer(ckpt: Checkpointer, step: int, data: Dataset, force: bool) -> None:
+    _, saved = ckpt.restore_meta(step)
+    if tokenizer_from_json(saved).fingerprint != data.tokenizer.fingerprint and not force:
+        raise ConfigError(
+            f"the tokenizer built from config.data differs from the one stored with checkpoint "
+            f"{step} (did the corpus change?); restore the corpus, use a new --workdir, or pass --force"
+        )
+
+
 def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: bool = False,
           devices=None, stop_at: int | None = None, print_fn=print) -> dict:
     """Train (or continue training) the run in `workdir`. Returns the final metrics.
 
     `devices`: the devices to build the mesh from (default: all). `stop_at`: leave after this
     step with a checkpoint, as a preempted job would (the schedule still spans train.steps).
+    The returned dict has `preempted: True` when a signal stopped the run early.
     """
     t_start = time.perf_counter()
     config = config_lib.resolve(config)
@@ -104,11 +173,13 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
     if start is None:
         state, start = setup.init_state(jax.random.key(tc.seed)), 0
     else:
+        _check_tokenizer(ckpt, start, data, force)
         state = ckpt.restore_state(start, setup.abstract_state)
     n_params = param_count(setup.model_cfg)
     flops_tok = flops_per_token(setup.model_cfg, tc.seq_len)
     peak = hardware.peak_flops()
     if main:
+        _truncate_metrics(workdir, start)
         (workdir / "config.json").write_text(json.dumps(cfg_dict, indent=2))
         run_info = {
             "corpus": config.data.corpus,
@@ -137,57 +208,115 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
                    tokens_per_byte=tokens_per_byte(data))
     bar = tqdm(total=tc.steps, initial=start, disable=not (progress and main), unit="step",
                dynamic_ncols=True)
-    pending, t_interval, final = [], time.perf_counter(), {}
-    first_step_time = None
-    cfg_json = cfg_dict
     tok_json = data.tokenizer.to_json()
     last = tc.steps if stop_at is None else min(stop_at, tc.steps)
+    saved_step = start  # the newest checkpoint known to hold a finite state
+    pending: list[tuple[int, dict]] = []
+    run = {"final": {}, "t_interval": time.perf_counter(), "first_step_time": None, "bad_streak": 0,
+           "save_failed": False}
+
+    def flush(done: int) -> None:
+        """Fetch the pending steps' metrics: log them, and apply the non-finite policy."""
+        if not pending:
+            return
+        rows = jax.device_get([m for _, m in pending])
+        steps = [s for s, _ in pending]
+        pending.clear()
+        elapsed = time.perf_counter() - run["t_interval"]
+        for s, r in zip(steps, rows):
+            if bool(r["finite"]):
+                run["bad_streak"] = 0
+                continue
+            run["bad_streak"] += 1
+            if tc.nonfinite == "halt" or run["bad_streak"] >= tc.max_nonfinite:
+                why = ("config.train.nonfinite='halt'" if tc.nonfinite == "halt"
+                       else f"{run['bad_streak']} non-finite steps in a row")
+                raise NonFiniteError(
+                    f"non-finite loss or gradients at step {s + 1} (loss={float(r['loss'])}; {why}); "
+                    "the update was not applied. Last good checkpoint: "
+                    + (f"step {saved_step} in {ckpt.directory}" if saved_step else "none yet")
+                    + ". Lower config.train.lr, or set config.train.nonfinite='skip'"
+                )
+        tok_s = len(rows) * tokens_per_step / elapsed
+        finite = [float(r["loss"]) for r in rows if bool(r["finite"])]
+        row = {
+            "loss": float(np.mean(finite)) if finite else float("nan"),
+            "grad_norm": float(rows[-1]["grad_norm"]),
+            "lr": float(rows[-1]["lr"]),
+            "skipped_steps": int(rows[-1]["skipped_steps"]),
+            "step_time": elapsed / len(rows),
+            "tokens_per_s": tok_s,
+            "model_flops_per_s": tok_s * flops_tok,
+            "mfu": tok_s * flops_tok / peak,
+            "tokens": done * tokens_per_step,
+        }
+        if run["first_step_time"] is None:  # the first step's time is compile time, not speed
+            run["first_step_time"] = time.perf_counter() - t_start
+            row = {"loss": row["loss"], "grad_norm": row["grad_norm"], "lr": row["lr"],
+                   "time_to_first_step": run["first_step_time"]}
+        writer.write(done, row)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{tok_s * flops_tok / peak:.0%}")
+        run["final"].update(row)
+        run["t_interval"] = time.perf_counter()
+
+    def save(done: int) -> None:
+        nonlocal saved_step
+        flush(done)  # never checkpoint a state whose steps were not checked
+        try:
+            ckpt.save(done, state, config=cfg_dict, tokenizer=tok_json)
+        except (OSError, RuntimeError, ValueError) as e:
+            run["save_failed"] = True
+            raise _save_error(done, e, ckpt) from e
+        saved_step = done
+        run["t_interval"] = time.perf_counter()
+
+    preempted = False
     try:
-        for step in range(start, last):
-            local = train_batch(data.train, seed=tc.seed, step=step, batch_size=tc.batch_size,
-                                seq_len=tc.seq_len, process_index=jax.process_index(),
-                                process_count=jax.process_count())
-            state, metrics = setup.train_step(state, sharding.global_batch(local, mesh))
-            pending.append(metrics)
-            done = step + 1
-            if first_step_time is None:
-                jax.block_until_ready(metrics)
-                first_step_time = time.perf_counter() - t_start
-                t_interval, pending = time.perf_counter(), []
-                writer.write(done, {"time_to_first_step": first_step_time, **jax.device_get(metrics)})
-            elif done % tc.log_every == 0 or done == last:
-                rows = jax.device_get(pending)
-                elapsed = time.perf_counter() - t_interval
-                tok_s = len(rows) * tokens_per_step / elapsed
-                row = {
-                    "loss": float(np.mean([r["loss"] for r in rows])),
-                    "grad_norm": float(rows[-1]["grad_norm"]),
-                    "lr": float(rows[-1]["lr"]),
-                    "step_time": elapsed / len(rows),
-                    "tokens_per_s": tok_s,
-                    "model_flops_per_s": tok_s * flops_tok,
-                    "mfu": tok_s * flops_tok / peak,
-                    "tokens": done * tokens_per_step,
-                }
-                writer.write(done, row)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{row['mfu']:.0%}")
-                final.update(row)
-                pending = []
-                t_interval = time.perf_counter()
-            bar.update(1)
-            if done % tc.eval_every == 0 or done == tc.steps:
-                ev = evaluate(setup, state.params, data.val, **eval_kw)
-                writer.write(done, {f"val_{k}": v for k, v in ev.items()})
-                final.update({f"val_{k}": v for k, v in ev.items()})
-                bar.write(f"step {done}: val loss {ev['loss']:.4f}, bits/byte {ev['bits_per_byte']:.4f}")
-                t_interval = time.perf_counter()
-            if done % tc.checkpoint_every == 0 or done == last:
-                ckpt.save(done, state, config=cfg_json, tokenizer=tok_json)
-                t_interval = time.perf_counter()
+        with Preemption() as preemption:
+            for step in range(start, last):
+                local = train_batch(data.train, seed=tc.seed, step=step, batch_size=tc.batch_size,
+                                    seq_len=tc.seq_len, process_index=jax.process_index(),
+                                    process_count=jax.process_count())
+                state, metrics = setup.train_step(state, sharding.global_batch(local, mesh))
+                pending.append((step, metrics))
+                done = step + 1
+                bar.update(1)
+                if run["first_step_time"] is None or done % tc.log_every == 0 or done == last:
+                    flush(done)
+                if done % tc.eval_every == 0 or done == tc.steps:
+                    ev = evaluate(setup, state.params, data.val, **eval_kw)
+                    writer.write(done, {f"val_{k}": v for k, v in ev.items()})
+                    run["final"].update({f"val_{k}": v for k, v in ev.items()})
+                    bar.write(f"step {done}: val loss {ev['loss']:.4f}, bits/byte {ev['bits_per_byte']:.4f}")
+                    run["t_interval"] = time.perf_counter()
+                if preemption.should_stop(done) and done < last:
+                    save(done)
+                    preempted = True
+                    bar.write(f"preempted: checkpoint saved at step {done}; run the same command to continue")
+                    break
+                if done % tc.checkpoint_every == 0 or done == last:
+                    save(done)
+        try:
+            ckpt.close()  # waits for the last asynchronous save
+        except (OSError, RuntimeError, ValueError) as e:
+            run["save_failed"] = True
+            raise _save_error(saved_step, e, ckpt) from e
     finally:
         bar.close()
-        ckpt.close()
         writer.close()
-    final.update({"step": int(jax.device_get(state.step)), "time_to_first_step": first_step_time,
-                  "wall_time": time.perf_counter() - t_start})
-    return final
+        if not run["save_failed"]:  # else the manager is broken; closing it only adds noise
+            with contextlib.suppress(Exception):
+                ckpt.close()  # lets a good save still in flight finish
+    return {**run["final"], "step": int(jax.device_get(state.step)), "preempted": preempted,
+            "time_to_first_step": run["first_step_time"], "wall_time": time.perf_counter() - t_start}
+
+
+def _save_error(step: int, e: Exception, ckpt: Checkpointer) -> CheckpointError:
+    kept = [s for s in ckpt.all_steps() if s != step]
+    reason = (str(e).splitlines() or [type(e).__name__])[0]
+    reason = reason[reason.rfind("Failed to write"):] if "Failed to write" in reason else reason[:300]
+    return CheckpointError(
+        f"saving a checkpoint (at or before step {step}) to {ckpt.directory} failed ({reason}); "
+        f"complete checkpoints {kept or 'none'} are intact. Free disk space, then run the same "
+        "command to continue"
+    )

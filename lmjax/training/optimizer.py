@@ -27,6 +27,9 @@ def decay_mask(params):
 
 
 def make_optimizer(train_cfg) -> optax.GradientTransformation:
+    """AdamW behind `apply_if_finite`: a step with NaN/Inf gradients leaves params and moments
+    untouched, so a non-finite state never exists to be checkpointed. The loop decides (per
+    config.train.nonfinite) whether to halt or carry on."""
     parts = []
     if train_cfg.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(train_cfg.grad_clip))
@@ -39,4 +42,5 @@ def make_optimizer(train_cfg) -> optax.GradientTransformation:
             mask=decay_mask,
         )
     )
-    return optax.chain(*parts)
+    # The loop halts long before this count; optax would apply NaN updates past it.
+    return optax.apply_if_finite(optax.chain(*parts), max_consecutive_errors=2**30)

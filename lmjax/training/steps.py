@@ -133,7 +133,13 @@ def make_train_step(model: Transformer, optimizer, train_cfg):
             loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
+        metrics = {
+            "loss": loss,
+            "grad_norm": optax.tree.norm(grads),
+            "lr": schedule(state.step),
+            "finite": opt_state.last_finite & jnp.isfinite(loss),
+            "skipped_steps": opt_state.total_notfinite,
+        }
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step

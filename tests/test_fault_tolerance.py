@@ -1,0 +1,338 @@
+"""Fault injection through the real command line, in subprocesses (`pytest -m fault`).
+
+Each test names the guarantee it proves; README.md's "Fault tolerance" section points here.
+"""
+
+import hashlib
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from lmjax import config as config_lib
+from lmjax.checkpointing import Checkpointer
+from lmjax.training import sharding
+from lmjax.training.steps import make_setup
+
+pytestmark = pytest.mark.fault
+
+TINY = [
+    "--config.data.corpus=tinyshakespeare", "--config.data.tokenizer=byte",
+    "--config.model.num_layers=2", "--config.model.num_heads=4", "--config.model.width=64",
+    "--config.model.dropout=0.1", "--config.train.batch_size=8", "--config.train.seq_len=32",
+    "--config.train.lr=3e-3", "--config.train.warmup_steps=2", "--config.train.log_every=1",
+    "--config.train.eval_every=100000", "--config.train.eval_batches=1", "--config.sample.prompt=",
+    "--progress=false",
+]
+
+
+def command(*args):
+    return [sys.executable, "-m", "lmjax.cli.main", *args]
+
+
+def env(devices=1):
+    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
+def cli(*args, devices=1, timeout=300, **kw):
+    return subprocess.run(command(*args), capture_output=True, text=True, env=env(devices),
+                          timeout=timeout, **kw)
+
+
+def logged_steps(workdir):
+    path = Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass
+    return rows
+
+
+def losses(workdir):
+    return {r["step"]: r["loss"] for r in logged_steps(workdir) if "loss" in r}
+
+
+def full_state(workdir):
+    """The latest checkpoint's whole TrainState (params, AdamW moments, step) on one device."""
+    workdir = Path(workdir)
+    cfg = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    cfg.mesh.update(data=1, fsdp=1, tensor=1)
+    cfg = config_lib.resolve(cfg)
+    vocab = json.loads((workdir / "run.json").read_text())["vocab_size"]
+    mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
+    setup = make_setup(cfg, vocab_size=vocab, mesh=mesh)
+    ckpt = Checkpointer(workdir, read_only=True)
+    state = ckpt.restore_state(ckpt.latest_step(), setup.abstract_state)
+    ckpt.close()
+    return jax.device_get(state)
+
+
+def assert_bitwise_equal(a, b):
+    leaves_a, tree_a = jax.tree.flatten(a)
+    leaves_b, tree_b = jax.tree.flatten(b)
+    assert tree_a == tree_b
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def tree_digest(folder):
+    """Hash of the complete checkpoints (step folders) under `folder`; a failed save's
+    temporary folder does not count."""
+    h = hashlib.sha256()
+    for p in sorted(Path(folder).rglob("*")):
+        if p.is_file() and p.relative_to(folder).parts[0].isdigit():
+            h.update(str(p.relative_to(folder)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def wait_for_step(proc, workdir, step, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if any(r.get("step", 0) >= step for r in logged_steps(workdir)):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+# --- 1. exact resumption after SIGKILL; 2. torn checkpoints -----------------------------------
+
+@pytest.mark.parametrize("devices, checkpoint_every", [(1, 4), (8, 4), (1, 1)])
+def test_sigkill_at_random_moments_then_resume_is_bitwise(tmp_path, devices, checkpoint_every):
+    """Killed twice at random steps (with checkpoint_every=1 every kill lands while an
+    asynchronous save is in flight), the same command finishes with the uninterrupted run's
+    exact parameters, optimizer state and losses."""
+    args = [*TINY, "--config.train.steps=36", f"--config.train.checkpoint_every={checkpoint_every}"]
+    ref, work = tmp_path / "ref", tmp_path / "killed"
+    proc = cli("train", *args, f"--workdir={ref}", devices=devices)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rng = random.Random(devices * 100 + checkpoint_every)
+    for kill_at in sorted(rng.sample(range(3, 34), 2)):
+        p = subprocess.Popen(command("train", *args, f"--workdir={work}"), env=env(devices),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_step(p, work, kill_at)
+        time.sleep(rng.random() * 0.05)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    proc = cli("train", *args, f"--workdir={work}", devices=devices)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert_bitwise_equal(full_state(work), full_state(ref))
+    assert losses(work) == losses(ref)
+
+
+def test_torn_checkpoint_is_ignored(tmp_path):
+    """A half-written step folder (orbax's tmp name, as a kill mid-save leaves it) is skipped:
+    the previous complete checkpoint is used and the run continues."""
+    args = [*TINY, "--config.train.steps=12", "--config.train.checkpoint_every=4"]
+    ref, work = tmp_path / "ref", tmp_path / "torn"
+    assert cli("train", *args, f"--workdir={ref}").returncode == 0
+    p = subprocess.Popen(command("train", *args, f"--workdir={work}"), env=env(1),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_step(p, work, 6)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    # The kill may land before the step-4 save is final: then there is no complete checkpoint.
+    complete = max((int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit()), default=0)
+    torn = work / "checkpoints" / f"{complete + 4}.orbax-checkpoint-tmp"
+    torn.mkdir(parents=True, exist_ok=True)
+    (torn / "garbage").write_bytes(os.urandom(1000))
+    proc = cli("train", *args, f"--workdir={work}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (f"resuming at step {complete}" if complete else "starting at step 0") in proc.stdout
+    assert_bitwise_equal(full_state(work), full_state(ref))
+
+
+# --- 3. preemption -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_preemption_signal_checkpoints_and_exits_zero(tmp_path, sig):
+    args = [*TINY, "--config.train.steps=3000", "--config.train.checkpoint_every=1000"]
+    p = subprocess.Popen(command("train", *args, f"--workdir={tmp_path}"), env=env(1),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_for_step(p, tmp_path, 5)
+    p.send_signal(sig)
+    t = time.time()
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err[-2000:]
+    assert time.time() - t < 30
+    step = json.loads(out.strip().splitlines()[-1])["step"]
+    assert 5 <= step < 3000 and f"preempted at step {step}" in err
+    assert Checkpointer(tmp_path, read_only=True).latest_step() == step
+    again = subprocess.Popen(command("train", *args, f"--workdir={tmp_path}"), env=env(1),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_for_step(again, tmp_path, step + 2)
+    again.send_signal(signal.SIGTERM)
+    out, err = again.communicate(timeout=60)
+    assert f"resuming at step {step}" in out and again.returncode == 0
+
+
+# --- 4. non-finite values ------------------------------------------------------------------------
+
+def test_nonfinite_halt_names_step_and_keeps_good_checkpoint(tmp_path):
+    good = cli("train", *TINY, "--config.train.steps=4", "--config.train.checkpoint_every=4",
+               f"--workdir={tmp_path}")
+    assert good.returncode == 0
+    before = tree_digest(tmp_path / "checkpoints")
+    # Same run, continued with an absurd learning rate: the loss goes NaN within a few steps.
+    proc = cli("train", *TINY, "--config.train.steps=40", "--config.train.checkpoint_every=1",
+               "--config.train.lr=1e12", f"--workdir={tmp_path}")
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: non-finite loss or gradients at step") and "Last good checkpoint" in line
+    # Every checkpoint on disk is finite, and the one from the good run is untouched or kept.
+    ckpt = Checkpointer(tmp_path, read_only=True)
+    assert all(s >= 4 for s in ckpt.all_steps())
+    state = full_state(tmp_path)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+    if ckpt.all_steps() == [4]:
+        assert tree_digest(tmp_path / "checkpoints") == before
+
+
+def test_nonfinite_skip_counts_then_halts(tmp_path):
+    proc = cli("train", *TINY, "--config.train.steps=40", "--config.train.lr=1e12",
+               "--config.train.nonfinite=skip", "--config.train.max_nonfinite=3",
+               "--config.train.warmup_steps=0", f"--workdir={tmp_path}")
+    assert proc.returncode == 2
+    assert "3 non-finite steps in a row" in proc.stderr.strip().splitlines()[-1]
+
+
+# --- 5. bad input: one line, non-zero exit, no checkpoint touched ---------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad-input")
+    corpus = root / "corpus.txt"
+    corpus.write_text("hello world, a small corpus for a char tokenizer.\n" * 400)
+    workdir = root / "run"
+    proc = cli("train", *TINY, "--config.train.steps=4", "--config.train.checkpoint_every=2",
+               f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return root, workdir
+
+
+def _empty_corpus(root):
+    (root / "empty.txt").write_text("")
+    return [f"--config.data.corpus={root / 'empty.txt'}"]
+
+
+def _non_utf8(root):
+    (root / "bad").mkdir(exist_ok=True)
+    (root / "bad" / "a.txt").write_text("fine text\n" * 100)
+    (root / "bad" / "b.txt").write_bytes(b"caf\xe9 latin-1\n" * 100)
+    return [f"--config.data.corpus={root / 'bad'}/*.txt"]
+
+
+BAD_TRAIN = [
+    ("unknown key", lambda r: ["--config.model.widht=3"], "did you mean 'config.model.width'"),
+    ("wrong type", lambda r: ["--config.train.steps=ten"], "config.train.steps"),
+    ("heads not dividing width", lambda r: ["--config.model.num_heads=3"], "does not divide config.model.width"),
+    ("kv heads not dividing heads", lambda r: ["--config.model.num_kv_heads=3"], "does not divide config.model.num_heads"),
+    ("batch vs data-parallel devices", lambda r: ["--config.train.batch_size=9"], "not divisible by the"),
+    ("mesh vs device count", lambda r: ["--config.mesh.data=3"], "does not match the"),
+    ("missing corpus", lambda r: [f"--config.data.corpus={r / 'nope.txt'}"], "matched no files"),
+    ("empty corpus", _empty_corpus, "empty"),
+    ("non-UTF-8 file", _non_utf8, "is not UTF-8"),
+    ("vocab too large for token cache", lambda r: ["--config.data.tokenizer=sentencepiece",
+                                                   "--config.data.vocab_size=4294967296"], "too large for the token cache"),
+    ("model shape differs from checkpoint", lambda r: ["--config.model.width=128"], "holds a run of another config"),
+    ("tokenizer differs from checkpoint", lambda r: ["--config.data.tokenizer=char"], "holds a run of another config"),
+]
+
+
+@pytest.mark.parametrize("name, make_args, message", BAD_TRAIN, ids=[b[0] for b in BAD_TRAIN])
+def test_bad_train_input(trained, name, make_args, message):
+    root, workdir = trained
+    before = tree_digest(workdir / "checkpoints")
+    # Two devices, so that a batch of 9 cannot be split over the data-parallel axis.
+    proc = cli("train", *TINY, "--config.train.steps=8", *make_args(root), f"--workdir={workdir}",
+               devices=2)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr[-2000:]
+    assert tree_digest(workdir / "checkpoints") == before
+
+
+def test_corpus_changed_under_checkpoint_is_refused(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abcdefgh\n" * 2000)
+    args = [*TINY, "--config.data.tokenizer=char", f"--config.data.corpus={corpus}",
+            "--config.train.steps=2", "--config.train.checkpoint_every=2"]
+    assert cli("train", *args, f"--workdir={tmp_path / 'run'}").returncode == 0
+    corpus.write_text("abcdefghijklmnop\n" * 2000)  # a different character set
+    before = tree_digest(tmp_path / "run" / "checkpoints")
+    proc = cli("train", *args[:-2], "--config.train.steps=4", f"--workdir={tmp_path / 'run'}")
+    assert proc.returncode == 2 and "tokenizer built from config.data differs" in proc.stderr
+    assert tree_digest(tmp_path / "run" / "checkpoints") == before
+
+
+def test_corrupt_checkpoint(trained, tmp_path):
+    _, workdir = trained
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    latest = max(int(p.name) for p in (copy / "checkpoints").iterdir() if p.name.isdigit())
+    for f in (copy / "checkpoints" / str(latest) / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 1000:
+            f.write_bytes(os.urandom(f.stat().st_size))
+    before = tree_digest(copy / "checkpoints")
+    proc = cli("train", *TINY, "--config.train.steps=8", f"--workdir={copy}")
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: checkpoint step") and "move" in line and "aside" in line
+    assert tree_digest(copy / "checkpoints") == before
+
+
+def test_workdir_of_another_config_needs_force(trained, tmp_path):
+    _, workdir = trained
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    proc = cli("train", *TINY, "--config.model.num_layers=3", "--config.train.steps=2",
+               f"--workdir={copy}", "--force")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    aside = [p for p in copy.iterdir() if p.name.startswith("checkpoints.replaced-")]
+    assert len(aside) == 1 and any(p.name.isdigit() for p in aside[0].iterdir())
+
+
+def test_prompt_longer_than_context(trained):
+    _, workdir = trained
+    proc = cli("sample", f"--workdir={workdir}", "--prompt=" + "x" * 100, "--max_new_tokens=5")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "exceeds the model's context of 32" in lines[0]
+
+
+def test_full_disk_during_save(trained, tmp_path):
+    """Simulated with RLIMIT_FSIZE: writes past 64 KB fail with EFBIG, as on a full disk."""
+    _, workdir = trained
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    before = tree_digest(copy / "checkpoints")
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
+
+    proc = cli("train", *TINY, "--config.train.steps=8", "--config.train.checkpoint_every=2",
+               f"--workdir={copy}", preexec_fn=small_files)
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: saving a checkpoint") and "Free disk space" in line
+    assert tree_digest(copy / "checkpoints") == before
+    # Space is back: the same command continues from the intact checkpoint.
+    proc = cli("train", *TINY, "--config.train.steps=8", "--config.train.checkpoint_every=2",
+               f"--workdir={copy}")
+    assert proc.returncode == 0 and "resuming at step 4" in proc.stdout
