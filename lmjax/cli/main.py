@@ -1,8 +1,10 @@
-"""The `lmjax` command: train, eval, sample.
+"""The `lmjax` command: train, eval, sample, sweep, report.
 
     lmjax train [--config configs/NAME.py[:ARG]] [--config.model.num_layers=4 ...] [--workdir runs/x]
     lmjax eval --workdir runs/x [--batches N]
     lmjax sample --workdir runs/x --prompt "def " [--prompt "..."] [--temperature 0.8 ...]
+    lmjax sweep --config experiments/NAME/config.py:ARG [--parallel N] [--dry-run]
+    lmjax report experiments/NAME
 
 Configs are parsed by ml_collections' config_flags (files with get_config(arg), key-by-key
 overrides). Every user error ends in one `error: ...` line and exit status 2.
@@ -22,7 +24,9 @@ from ml_collections import config_flags
 from lmjax import config as config_lib
 from lmjax.errors import ConfigError, LmjaxError
 
-COMMANDS = ("train", "eval", "sample")
+COMMANDS = ("train", "eval", "sample", "sweep", "report")
+# Commands with their own parsers, in their own folders.
+DELEGATED = {"sweep": "lmjax.sweeps.cli", "report": "lmjax.analysis.cli"}
 USAGE = f"usage: lmjax {{{','.join(COMMANDS)}}} [flags]   (lmjax COMMAND --help for flags)"
 
 
@@ -153,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]
+    if command in DELEGATED:
+        import importlib
+
+        return importlib.import_module(DELEGATED[command]).main(rest)
     verbose = "--verbose" in rest
     if not verbose:  # library logs (orbax's background-thread tracebacks) only with --verbose
         logging.getLogger("absl").setLevel(logging.CRITICAL)
