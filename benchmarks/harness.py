@@ -329,12 +329,18 @@ def results_row(rec: dict) -> str:
 
 
 def append_row(path: Path, row: str) -> None:
-    """Insert the row after the table's last row (notes below the table stay below it)."""
+    """Add the row at the end of the results table (the one whose header starts `| date |`);
+    notes and other tables below it stay where they are."""
     text = path.read_text() if path.exists() else RESULTS_HEADER
     lines = text.splitlines()
-    table = [i for i, line in enumerate(lines) if line.startswith("|")]
-    at = table[-1] + 1 if table else len(lines)
-    lines.insert(at, row)
+    header = next((i for i, line in enumerate(lines) if line.startswith("| date |")), None)
+    if header is None:  # no results table yet: start one at the end
+        lines += ["", *RESULTS_HEADER.rstrip("\n").splitlines()[-2:]]
+        header = len(lines) - 2
+    at = header
+    while at + 1 < len(lines) and lines[at + 1].startswith("|"):
+        at += 1
+    lines.insert(at + 1, row)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 

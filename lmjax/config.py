@@ -56,7 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.width = 256
     c.model.mlp_ratio = 4
     c.model.attention = "mha"
-    c.model.window = 0  # 0 means full causal attention
+    c.model.window = 0  # 0 means full causal attention; W > 0: each token sees the last W
+    c.model.linear_chunk = 64  # attention='linear': chunk length of the causal scan
     c.model.positions = "rope"
     c.model.norm = "rmsnorm"
     c.model.tie_embeddings = True

@@ -337,8 +337,10 @@ def test_token_dtype():
     assert dataset_lib.token_dtype(256) == np.uint16
     assert dataset_lib.token_dtype(65536) == np.uint16
     assert dataset_lib.token_dtype(65537) == np.uint32
-    with pytest.raises(DataError, match=r"vocab_size 4294967297 is too large for the token cache \(uint32\)"):
-        dataset_lib.token_dtype(2**32 + 1)
+    assert dataset_lib.token_dtype(2**31) == np.uint32
+    # Batches are int32, so ids past 2**31 cannot be stored even though uint32 could hold them.
+    with pytest.raises(DataError, match=r"vocab_size 2147483649 is too large for the token cache"):
+        dataset_lib.token_dtype(2**31 + 1)
 
 
 # ---------------------------------------------------------------- batches

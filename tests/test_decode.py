@@ -39,7 +39,7 @@ def decode_step(params, cache, tokens_BT, *, cfg):
 @functools.cache
 def make_model(positions):
     # Two kv heads for four query heads also exercises the grouped einsum through the cache.
-    cfg = tiny(positions=positions, num_kv_heads=2 if positions == "rope" else 0)
+    cfg = tiny(positions=positions, **(dict(attention="gqa", num_kv_heads=2) if positions == "rope" else {}))
     return cfg, init_params(cfg, jax.random.key(0))
 
 

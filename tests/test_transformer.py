@@ -56,7 +56,7 @@ PARAM_CONFIGS = [
     tiny(tie_embeddings=False),
     tiny(positions="learned"),
     tiny(norm="layernorm", positions="learned", tie_embeddings=False),
-    tiny(num_kv_heads=2, mlp_ratio=2, num_layers=3),
+    tiny(attention="gqa", num_kv_heads=2, mlp_ratio=2, num_layers=3),
 ]
 
 
@@ -187,7 +187,9 @@ def naive_attention(q, k, v, q_offset, kv_length, window=0):
                                                       (4, 2, 3)])
 def test_attention_matches_naive(kv_heads, q_offset, window):
     B, T, H, D, S = 2, 4, 4, 8, 12
-    cfg = tiny(num_kv_heads=kv_heads if kv_heads != H else 0, window=window)
+    attention = {H: "mha", 1: "mqa"}.get(kv_heads, "gqa")
+    cfg = tiny(attention=attention, num_kv_heads=kv_heads if attention == "gqa" else 0, window=window)
+    assert cfg.kv_heads == kv_heads
     kq, kk, kv = jax.random.split(jax.random.key(0), 3)
     q = jax.random.normal(kq, (B, T, H, D))
     k = jax.random.normal(kk, (B, S, kv_heads, D))
@@ -217,4 +219,5 @@ def test_flops_per_token():
     cfg = ModelConfig(vocab_size=65, max_len=64, num_layers=4, num_heads=4, width=128)
     n = 4 * (12 * 128 * 128)  # q, k, v, out: 4 D^2; MLP: 8 D^2
     assert param_count(cfg, embeddings=False) == n + 9 * 128  # plus norm scales
-    assert flops_per_token(cfg, 64) == 6 * n + 6 * 65 * 128 + 6 * 4 * 64 * 128
+    # Attention: QK^T and PV over (T+1)/2 keys on average, 2 * 2 * 128 FLOPs per key, forward.
+    assert flops_per_token(cfg, 64) == 6 * n + 6 * 65 * 128 + 3 * 4 * (2 * 2 * 128 * 65 / 2)

@@ -1,10 +1,19 @@
 """The Transformer language model, its attention kernels, and sampling."""
 
-from lmjax.models.attention import ATTENTION, attend, attention_mask, softmax_attention
+from lmjax.models.attention import (
+    ATTENTION,
+    alibi_slopes,
+    attend,
+    attention_mask,
+    linear_attention,
+    linear_attention_chunked,
+    softmax_attention,
+)
 from lmjax.models.decode import generate, sample_logits, token_logprobs
 from lmjax.models.transformer import (
     ModelConfig,
     Transformer,
+    attention_flops_per_token,
     flops_per_token,
     init_cache,
     init_params,
@@ -13,7 +22,8 @@ from lmjax.models.transformer import (
 )
 
 __all__ = [
-    "ATTENTION", "ModelConfig", "Transformer", "attend", "attention_mask", "flops_per_token",
-    "generate", "init_cache", "init_params", "param_count", "sample_logits", "softmax_attention",
-    "token_logprobs", "unboxed",
+    "ATTENTION", "ModelConfig", "Transformer", "alibi_slopes", "attend", "attention_flops_per_token",
+    "attention_mask", "flops_per_token", "generate", "init_cache", "init_params",
+    "linear_attention", "linear_attention_chunked", "param_count", "sample_logits",
+    "softmax_attention", "token_logprobs", "unboxed",
 ]

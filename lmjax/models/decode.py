@@ -1,4 +1,5 @@
-"""Sampling from a trained Transformer with a KV cache, and scoring token sequences."""
+"""Sampling from a trained Transformer with a KV cache (for linear attention, its running state),
+and scoring token sequences. Every attention variant decodes through the same `decode=True` calls."""
 
 from __future__ import annotations
 

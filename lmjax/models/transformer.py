@@ -13,8 +13,17 @@ E head dim, F mlp hidden, V vocab.
 Every parameter carries logical axis names (nn.with_logical_partitioning); a sharding layer maps
 them to mesh axes. Outside a logical-rules context they are plain metadata.
 
+Attention (cfg.attention; kernels in attention.py): 'mha', 'mqa' (one kv head), 'gqa'
+(num_kv_heads kv heads), each optionally sliding-window (cfg.window), or 'linear' (elu+1 feature
+map, chunked causal scan). Positions (cfg.positions): 'rope' (rotary, on q and k), 'learned'
+(a max_len x D table added to the embeddings), 'sinusoidal' (fixed, added to the embeddings),
+'alibi' (per-head linear bias on softmax scores), 'none' (the causal mask only).
+
 KV cache (decode=True): collection 'cache' holds `cache_index` (int32 scalar, next position to
-write) at the top level and `cached_key`/`cached_value` [B, max_len, K, E] in each attention layer.
+write; the absolute position of the next token) at the top level and, in each attention layer,
+  softmax attention: `cached_key`/`cached_value` [B, max_len, K, E] (only the K kv heads);
+  linear attention:  `linear_state` [B, K, E, E] and `linear_normalizer` [B, K, E] (float32), the
+                     running sums S = sum phi(k) v^T and z = sum phi(k) of the prefix.
 `init_cache(cfg, B)` builds an empty one; equivalently `Transformer(cfg).init(rng, tokens_BT,
 decode=True)['cache']` for any [B, T] tokens (e.g. [B, max_len]) - init never writes to it.
 """
@@ -30,12 +39,16 @@ import jax
 import jax.numpy as jnp
 
 from lmjax.errors import ConfigError, LmjaxError
-from lmjax.models.attention import ATTENTION, attend
+from lmjax.models.attention import ATTENTION, attend, linear_attention_chunked
 
-POSITIONS = ("rope", "learned")
+POSITIONS = ("rope", "learned", "sinusoidal", "alibi", "none")
 NORMS = ("rmsnorm", "layernorm")
 DTYPES = ("float32", "bfloat16")
 ROPE_BASE = 10000.0
+SINUSOID_BASE = 10000.0
+# Sinusoidal positions are scaled to the embedding's init std, so tokens and positions start on
+# the same scale in the residual stream (unscaled sinusoids, rms 0.7, would drown 0.02 embeddings).
+SINUSOID_SCALE = 0.02
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,14 +60,15 @@ class ModelConfig:
     num_kv_heads: int = 0  # 0 means num_heads
     width: int = 256
     mlp_ratio: int = 4
-    attention: str = "mha"
-    window: int = 0  # > 0: each token attends to at most this many recent positions
+    attention: str = "mha"  # 'mha', 'mqa', 'gqa' (needs num_kv_heads) or 'linear'
+    window: int = 0  # > 0: each token attends to at most this many recent positions (softmax only)
     positions: str = "rope"
     norm: str = "rmsnorm"
     tie_embeddings: bool = True
     dropout: float = 0.0
     dtype: str = "float32"  # compute dtype; parameters are always float32
     remat: bool = False
+    linear_chunk: int = 64  # attention='linear': tokens per chunk of the causal scan
 
     def __post_init__(self):
         for name, val, options in [("attention", self.attention, tuple(ATTENTION)),
@@ -67,13 +81,36 @@ class ModelConfig:
                 raise ConfigError(f"model {name} must be positive, got {getattr(self, name)}")
         if self.width % self.num_heads:
             raise ConfigError(f"num_heads={self.num_heads} does not divide width={self.width}")
-        if self.num_kv_heads < 0 or self.num_heads % self.kv_heads:
-            raise ConfigError(f"num_kv_heads={self.num_kv_heads} does not divide num_heads={self.num_heads}")
+        self._check_attention()
         if not 0.0 <= self.dropout < 1.0 or self.window < 0:
             raise ConfigError(f"model dropout must be in [0, 1) and window >= 0, got "
                               f"dropout={self.dropout}, window={self.window}")
         if self.positions == "rope" and self.head_dim % 2:
             raise ConfigError(f"rotary positions need an even head dim, got {self.head_dim}")
+
+    def _check_attention(self):
+        H, kv, att = self.num_heads, self.num_kv_heads, self.attention
+        if kv < 0 or (kv and H % kv):
+            raise ConfigError(f"num_kv_heads={kv} does not divide num_heads={H}")
+        if att == "mha" and kv not in (0, H):
+            raise ConfigError(f"model attention='mha' uses all {H} heads for keys/values, got "
+                              f"num_kv_heads={kv}; set num_kv_heads=0 or use attention='gqa'")
+        if att == "mqa" and kv not in (0, 1):
+            raise ConfigError(f"model attention='mqa' has one kv head, got num_kv_heads={kv}; set "
+                              "num_kv_heads=0 (or 1) or use attention='gqa'")
+        if att == "gqa" and not 1 <= kv < H:
+            raise ConfigError(f"model attention='gqa' needs 1 <= num_kv_heads < num_heads={H} "
+                              f"(a divisor of it), got num_kv_heads={kv}"
+                              + ("; use attention='mha' for as many kv heads as heads" if kv else ""))
+        if att == "linear" and self.window:
+            raise ConfigError(f"model attention='linear' has no window, got window={self.window}; "
+                              "set window=0 or use a softmax attention ('mha', 'mqa', 'gqa')")
+        if att == "linear" and self.positions == "alibi":
+            raise ConfigError("model positions='alibi' is a softmax bias and does not apply to "
+                              "attention='linear'; use positions 'rope', 'learned', 'sinusoidal' "
+                              "or 'none'")
+        if self.linear_chunk <= 0:
+            raise ConfigError(f"model linear_chunk must be positive, got {self.linear_chunk}")
 
     @classmethod
     def from_config(cls, model_cfg, *, vocab_size: int, max_len: int) -> ModelConfig:
@@ -89,6 +126,10 @@ class ModelConfig:
 
     @property
     def kv_heads(self) -> int:
+        """Key/value heads: num_heads for 'mha' (and 'linear' unless set), 1 for 'mqa',
+        num_kv_heads for 'gqa'."""
+        if self.attention == "mqa":
+            return 1
         return self.num_kv_heads or self.num_heads
 
     @property
@@ -98,13 +139,21 @@ class ModelConfig:
 
 def _layer_matmul_params(cfg: ModelConfig) -> int:
     D, E = cfg.width, cfg.head_dim
-    attn = D * cfg.num_heads * E * 2 + D * cfg.kv_heads * E * 2  # q, out; k, v
+    attn = D * cfg.num_heads * E * 2 + D * cfg.kv_heads * E * 2  # q, out; k, v (K kv heads)
     return attn + 2 * D * cfg.mlp_ratio * D
 
 
 def param_count(cfg: ModelConfig, *, embeddings: bool = True) -> int:
-    """Exact number of parameters. embeddings=False leaves out the token embedding, the learned
-    positions table and an untied unembedding (Kaplan et al.'s "non-embedding" count)."""
+    """Exact number of parameters:
+
+        num_layers * (2*D*H*E + 2*D*K*E + 2*mlp_ratio*D^2 + 2*norm) + norm      (blocks, final norm)
+        + V*D  (+ max_len*D for learned positions)  (+ D*V untied unembedding)  (embeddings)
+
+    with E = D / H, K = cfg.kv_heads (H for mha, 1 for mqa, num_kv_heads for gqa) and norm = D
+    (RMSNorm scale) or 2D (LayerNorm scale and bias). Rotary, sinusoidal, ALiBi and 'none'
+    positions have no parameters; linear attention has the same projections as softmax attention.
+    embeddings=False leaves out the token embedding, the learned positions table and an untied
+    unembedding (Kaplan et al.'s "non-embedding" count)."""
     D = cfg.width
     norm = D * (2 if cfg.norm == "layernorm" else 1)
     n = cfg.num_layers * (_layer_matmul_params(cfg) + 2 * norm) + norm
@@ -115,19 +164,64 @@ def param_count(cfg: ModelConfig, *, embeddings: bool = True) -> int:
     return n
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """Training FLOPs per token (forward + backward), in the style of Kaplan et al. / PaLM:
+def attention_keys_per_query(seq_len: int, window: int = 0) -> float:
+    """Mean number of keys a query attends to in a causal sequence of seq_len tokens:
+    mean over t < T of min(t + 1, W), i.e. (T + 1) / 2 without a window (W = T)."""
+    T = seq_len
+    W = min(window, T) if window > 0 else T
+    return (W * (W + 1) / 2 + (T - W) * W) / T
 
-        6 * N + 6 * V * D + 6 * num_layers * seq_len * D
 
-    N counts the matmul weights of the blocks (q, k, v, out, MLP up and down; norms and embedding
-    lookups are negligible), 6 * V * D is the unembedding matmul (tied or not), and the last term is
-    attention's QK^T and AV: PaLM's 12 * L * T * D halved, because causal masking leaves half of the
-    score matrix unused. The window, if any, is not taken into account.
+def attention_flops_per_token(cfg: ModelConfig, seq_len: int, *, count_masked: bool = False) -> float:
+    """Forward FLOPs per token of one layer's attention core (between the projections), counting
+    matmuls only, 2 FLOPs per multiply-add. H heads, K kv heads, E head dim, T = seq_len.
+
+    softmax ('mha', 'mqa', 'gqa'): QK^T and PV, each 2 * H * E per key attended:
+        4 * H * E * attention_keys_per_query(T, window)       ((T+1)/2 keys when causal, full)
+      count_masked=True counts the whole T x T score matrix that the einsum and XLA paths compute
+      and mask (4 * H * E * T; the window does not shrink it either). cuDNN skips masked blocks.
+    linear (chunk C' = min(linear_chunk, T)):
+        2 * K * E^2        state update S += phi(k) v^T
+      + 2 * H * E^2        inter-chunk output phi(q)^T S
+      + 4 * H * E * c      intra-chunk scores and their product with V, with
+                           c = mean over t < T of (t mod C') + 1  (= (C'+1)/2 when C' divides T)
+      count_masked=True: c = C' (the masked C' x C' blocks are computed), and every term scaled by
+      ceil(T/C') * C' / T for the padding of the last chunk.
+    Not counted: the feature map, softmax, masks, ALiBi bias, the normaliser terms (phi(q).z, row
+    sums of the scores, z updates: O(H*E) per token, a 1/E fraction of the above).
+    """
+    H, K, E, T = cfg.num_heads, cfg.kv_heads, cfg.head_dim, seq_len
+    if cfg.attention != "linear":
+        keys = T if count_masked else attention_keys_per_query(T, cfg.window)
+        return 4.0 * H * E * keys
+    C = min(cfg.linear_chunk, T)
+    n = -(-T // C)
+    if count_masked:
+        return (2.0 * K * E * E + 2.0 * H * E * E + 4.0 * H * E * C) * n * C / T
+    intra = sum((t % C) + 1 for t in range(T)) / T
+    return 2.0 * K * E * E + 2.0 * H * E * E + 4.0 * H * E * intra
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int, *, count_masked: bool = False) -> float:
+    """Training FLOPs per token (forward + backward = 3 x forward), for a sequence of seq_len:
+
+        3 * (2 * N + 2 * V * D + num_layers * attention_flops_per_token(cfg, seq_len))
+
+    N counts the matmul weights of the blocks (q and out: D*H*E each; k and v: D*K*E each; MLP up
+    and down: mlp_ratio*D^2 each; norms and embedding lookups are not matmuls), 2 * V * D is the
+    unembedding (tied or not), and the attention core is counted per variant by
+    `attention_flops_per_token`: for causal softmax attention 4*H*E*(T+1)/2 = 2*(T+1)*D per layer,
+    for a window W the mean of min(t+1, W) keys instead of (T+1)/2, for linear attention its state
+    and chunk terms. The backward pass costs two matmuls per forward matmul (the gradients of both
+    operands), hence 3x. count_masked=True counts the masked work the einsum/XLA kernels really do
+    (the full score matrix, whole padded linear chunks), which is what XLA's cost analysis sees
+    (tests/test_flops.py: within 1.5-2.5%, the elementwise work); the default counts useful work.
+    Remat recomputation is not counted (it is not model FLOPs).
     """
     D = cfg.width
-    return float(6 * cfg.num_layers * _layer_matmul_params(cfg) + 6 * cfg.vocab_size * D
-                 + 6 * cfg.num_layers * seq_len * D)
+    forward = (2 * cfg.num_layers * _layer_matmul_params(cfg) + 2 * cfg.vocab_size * D
+               + cfg.num_layers * attention_flops_per_token(cfg, seq_len, count_masked=count_masked))
+    return float(3 * forward)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,6 +255,16 @@ def rope_sin_cos(pos_L, head_dim: int):
     return jnp.sin(angle_LF), jnp.cos(angle_LF)
 
 
+def sinusoidal_positions(pos_L, width: int):
+    """[L, D] float32: Vaswani et al.'s sinusoids at absolute positions pos_L, PE[p, 2i] =
+    sin(p / 10000^(2i/D)), PE[p, 2i+1] = cos(same), times SINUSOID_SCALE."""
+    half = (width + 1) // 2
+    freq_F = SINUSOID_BASE ** (-2.0 * jnp.arange(half, dtype=jnp.float32) / width)
+    angle_LF = pos_L.astype(jnp.float32)[:, None] * freq_F[None, :]
+    pe_LF2 = jnp.stack([jnp.sin(angle_LF), jnp.cos(angle_LF)], axis=-1)
+    return SINUSOID_SCALE * pe_LF2.reshape(pos_L.shape[0], 2 * half)[:, :width]
+
+
 def apply_rope(x_BLHE, sin_LF, cos_LF):
     """Rotate pairs (x[i], x[i + E/2]) by position-dependent angles (GPT-NeoX/LLaMA layout)."""
     x1, x2 = jnp.split(x_BLHE.astype(jnp.float32), 2, axis=-1)
@@ -180,11 +284,14 @@ class Attention(nn.Module):
         q_BLHE = _dense(cfg, H * E, ("embed", "heads"), "query")(x_ND).reshape(B, L, H, E)
         k_BLKE = _dense(cfg, K * E, ("embed", "kv_heads"), "key")(x_ND).reshape(B, L, K, E)
         v_BLKE = _dense(cfg, K * E, ("embed", "kv_heads"), "value")(x_ND).reshape(B, L, K, E)
-        if rope is not None:
+        if rope is not None:  # linear attention too: rotated q, k go into the feature map
             q_BLHE, k_BLKE = apply_rope(q_BLHE, *rope), apply_rope(k_BLKE, *rope)
-        k_BSKE, v_BSKE = (self._update_cache(k_BLKE, v_BLKE, offset) if decode
-                          else (k_BLKE, v_BLKE))
-        out_BLHE = attend(q_BLHE, k_BSKE, v_BSKE, q_offset=offset, kv_length=offset + L, cfg=cfg)
+        if decode and cfg.attention == "linear":
+            out_BLHE = self._linear_with_state(q_BLHE, k_BLKE, v_BLKE)
+        else:
+            k_BSKE, v_BSKE = (self._update_cache(k_BLKE, v_BLKE, offset) if decode
+                              else (k_BLKE, v_BLKE))
+            out_BLHE = attend(q_BLHE, k_BSKE, v_BSKE, q_offset=offset, kv_length=offset + L, cfg=cfg)
         out_ND = _dense(cfg, D, ("heads", "embed"), "out", _out_std(cfg))(out_BLHE.reshape(B * L, H * E))
         return out_ND.reshape(B, L, D)
 
@@ -202,6 +309,19 @@ class Attention(nn.Module):
         value.value = jax.lax.dynamic_update_slice(value.value, v_BLKE.astype(value.value.dtype),
                                                    (0, offset, 0, 0))
         return key.value, value.value
+
+    def _linear_with_state(self, q_BLHE, k_BLKE, v_BLKE):
+        """Linear attention continuing the cached state (S, z) of the prefix; updates it."""
+        cfg = self.cfg
+        B, K, E = q_BLHE.shape[0], cfg.kv_heads, cfg.head_dim
+        initialized = self.has_variable("cache", "linear_state")
+        state = self.variable("cache", "linear_state", jnp.zeros, (B, K, E, E), jnp.float32)
+        norm = self.variable("cache", "linear_normalizer", jnp.zeros, (B, K, E), jnp.float32)
+        out_BLHE, (S_BKEE, z_BKE) = linear_attention_chunked(
+            q_BLHE, k_BLKE, v_BLKE, (state.value, norm.value), chunk=cfg.linear_chunk)
+        if initialized:  # model.init(decode=True) only creates the (empty) cache
+            state.value, norm.value = S_BKEE, z_BKE
+        return out_BLHE
 
 
 class Mlp(nn.Module):
@@ -258,6 +378,8 @@ class Transformer(nn.Module):
             pos_embed_LD = self.param("pos_embedding", _init(0.02, ("length_pos", "embed_vocab")),
                                       (cfg.max_len, cfg.width), jnp.float32)
             x_BLD = x_BLD + jnp.take(pos_embed_LD, pos_L, axis=0).astype(cfg.compute_dtype)
+        elif cfg.positions == "sinusoidal":
+            x_BLD = x_BLD + sinusoidal_positions(pos_L, cfg.width).astype(cfg.compute_dtype)
         x_BLD = nn.Dropout(cfg.dropout, deterministic=not train)(x_BLD)
         x_BLD = nn.with_logical_constraint(x_BLD, ("batch", "length", "act_embed"))
         rope = rope_sin_cos(pos_L, cfg.head_dim) if cfg.positions == "rope" else None
