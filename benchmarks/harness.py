@@ -36,6 +36,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from lmjax import config as config_lib
+from lmjax.cli.main import check_overrides
 from lmjax.errors import ConfigError, LmjaxError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,17 +91,6 @@ def _define_flags(fv: flags.FlagValues) -> None:
                         flag_values=fv)
     flags.DEFINE_integer("num_devices", 0, "Use the first N devices (0: all).", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Seed of the synthetic batch and of the parameters.", flag_values=fv)
-
-
-def check_overrides(argv: list[str]) -> None:
-    """Unknown --config.KEY overrides fail here, naming the nearest valid key (as `lmjax train`)."""
-    valid = config_lib.flat_keys(config_lib.base_config())
-    for arg in argv:
-        if arg.startswith("--config."):
-            key = arg[len("--config."):].split("=", 1)[0]
-            if key not in valid:
-                raise ConfigError(f"unknown config key 'config.{key}'; did you mean "
-                                  f"'config.{config_lib.nearest_key(key, valid)}'?")
 
 
 def parse(argv: list[str]) -> flags.FlagValues:

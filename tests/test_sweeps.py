@@ -16,7 +16,7 @@ import jax  # noqa: F401  (imported before the compile-cache variables below are
 import pytest
 
 from lmjax import config as config_lib
-from lmjax.sweeps import Point, SweepError, chain, derive, expand, product, run_name, zip_
+from lmjax.sweeps import SweepError, chain, derive, expand, product, run_name, zip_
 from lmjax.sweeps import cli, runner, slurm
 from lmjax.sweeps.spec import Run, estimate
 

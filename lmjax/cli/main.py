@@ -161,12 +161,17 @@ def main(argv: list[str] | None = None) -> int:
         import importlib
 
         return importlib.import_module(DELEGATED[command]).main(rest)
-    verbose = "--verbose" in rest
+    commands = {"train": run_train, "eval": run_eval, "sample": run_sample}
+    return guarded(lambda: commands[command](parse(command, rest)), verbose="--verbose" in rest)
+
+
+def guarded(fn, *, verbose: bool) -> int:
+    """Run a command: a user error is one `error:` line and status 2 (a traceback only with
+    --verbose); Ctrl-C is status 130. Every lmjax command goes through here."""
     if not verbose:  # library logs (orbax's background-thread tracebacks) only with --verbose
         logging.getLogger("absl").setLevel(logging.CRITICAL)
     try:
-        fv = parse(command, rest)
-        return {"train": run_train, "eval": run_eval, "sample": run_sample}[command](fv)
+        return fn()
     except LmjaxError as e:
         if verbose:
             raise

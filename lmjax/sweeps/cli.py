@@ -14,13 +14,11 @@ line).
 
 from __future__ import annotations
 
-import logging
 import re
 import sys
 
 from absl import flags
 
-from lmjax.errors import LmjaxError
 from lmjax.sweeps.spec import SweepError, expand, parse_config_arg
 
 USAGE = "usage: lmjax sweep --config experiments/NAME/config.py:ARG [--parallel N] [--dry-run] [--slurm] (--help for flags)"
@@ -166,19 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
-    verbose = "--verbose" in argv
-    if not verbose:
-        logging.getLogger("absl").setLevel(logging.CRITICAL)
-    try:
-        return run(parse(argv))
-    except LmjaxError as e:
-        if verbose:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    from lmjax.cli.main import guarded
+
+    return guarded(lambda: run(parse(argv)), verbose="--verbose" in argv)
 
 
 if __name__ == "__main__":
