@@ -90,3 +90,17 @@ def test_grad_accumulation_matches_full_batch(tmp_path):
     train(full, tmp_path / "full", progress=False, devices=jax.devices()[:1])
     train(accum, tmp_path / "accum", progress=False, devices=jax.devices()[:1])
     np.testing.assert_allclose(losses(tmp_path / "accum"), losses(tmp_path / "full"), rtol=1e-5)
+
+
+def test_workdir_check_treats_keys_added_later_as_defaults(tmp_path):
+    from lmjax.errors import ConfigError
+    from lmjax.training.loop import check_workdir
+
+    cfg = base_config().to_dict()
+    saved = json.loads(json.dumps(cfg))
+    del saved["model"]["linear_chunk"]  # a run saved before this key existed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    check_workdir(tmp_path, cfg, force=False)
+    cfg["model"]["width"] = 512
+    with pytest.raises(ConfigError, match="config.model.width: 256 -> 512"):
+        check_workdir(tmp_path, cfg, force=False)

@@ -61,11 +61,13 @@ def check_workdir(workdir: Path, cfg: dict, force: bool) -> None:
     if not saved_path.exists():
         return
     saved = json.loads(saved_path.read_text())
+    defaults = config_lib.base_config().to_dict()
+    # A key added to the schema after the run was saved counts as its default.
     diffs = [
-        f"config.{section}.{k}: {saved.get(section, {}).get(k)!r} -> {v!r}"
+        f"config.{section}.{k}: {saved.get(section, {}).get(k, defaults[section][k])!r} -> {v!r}"
         for section in RUN_IDENTITY
         for k, v in cfg[section].items()
-        if saved.get(section, {}).get(k) != v
+        if saved.get(section, {}).get(k, defaults[section][k]) != v
     ]
     if cfg["train"]["seq_len"] != saved.get("train", {}).get("seq_len"):
         diffs.append(f"config.train.seq_len: {saved.get('train', {}).get('seq_len')} -> {cfg['train']['seq_len']}")
