@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import random
-import resource
 import shutil
 import signal
 import subprocess
@@ -322,12 +321,14 @@ def test_full_disk_during_save(trained, tmp_path):
     shutil.copytree(workdir, copy)
     before = tree_digest(copy / "checkpoints")
 
-    def small_files():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
-
-    proc = cli("train", *TINY, "--config.train.steps=8", "--config.train.checkpoint_every=2",
-               f"--workdir={copy}", preexec_fn=small_files)
+    # Limit, then exec the CLI: no preexec_fn, since forking this multithreaded (JAX) test
+    # process can deadlock. An ignored SIGXFSZ stays ignored across exec.
+    limited = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000)); "
+               "os.execv(sys.executable, [sys.executable, '-m', 'lmjax.cli.main', *sys.argv[1:]])")
+    proc = subprocess.run([sys.executable, "-c", limited, "train", *TINY, "--config.train.steps=8",
+                           "--config.train.checkpoint_every=2", f"--workdir={copy}"],
+                          capture_output=True, text=True, env=env(1), timeout=300)
     assert proc.returncode == 2
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("error: saving a checkpoint") and "Free disk space" in line
