@@ -68,16 +68,7 @@ def model(request):
     return make_model(request.param)
 
 
-@functools.partial(jax.jit, static_argnames="cfg")
-def forward(params, tokens_BL, *, cfg):
-    return Transformer(cfg).apply({"params": params}, tokens_BL)
-
-
-@functools.partial(jax.jit, static_argnames="cfg")
-def decode_step(params, cache, tokens_BT, *, cfg):
-    logits_BTV, vars_ = Transformer(cfg).apply({"params": params, "cache": cache}, tokens_BT,
-                                               decode=True, mutable=["cache"])
-    return logits_BTV, vars_["cache"]
+from test_decode import decode_step, forward  # noqa: E402  (the same jitted helpers)
 
 
 def tokens(seed, shape=(2, SEQ)):
