@@ -12,7 +12,7 @@ def get_config(arg=None):
     c.data.corpus = "stdlib"
     c.data.tokenizer = "byte"
     c.model.num_layers, c.model.num_heads, c.model.width = 4, 4, 128
-    c.train.update(steps=600, batch_size=32, seq_len=128, lr=2e-3, warmup_steps=50,
-                   log_every=10, eval_every=200, eval_batches=16, checkpoint_every=200)
+    c.train.update(steps=500, batch_size=32, seq_len=128, lr=2e-3, warmup_steps=50,
+                   log_every=10, eval_every=250, eval_batches=16, checkpoint_every=250)
     c.sample.update(prompt="def ", temperature=0.7)
     return c
