@@ -82,10 +82,11 @@ def test_sample_several_prompts(trained, capsys):
     (["--config.train.batch_size=12", "--config.mesh.data=8"], "not divisible by the 8 data-parallel"),
     (["--config.data.corpus=/no/such/corpus.txt"], "matched no files"),
     (["--config=configs/no_such.py"], "cannot load config"),
+    (["--config", "configs/no_such.py"], "No such file or directory: 'configs/no_such.py'"),
 ])
 def test_bad_config_fails_with_one_line(args, message, capsys, tmp_path):
     # --config must precede the overrides; every other bad value overrides TINY's.
-    argv = args + TINY if args[0].startswith("--config=") else TINY + args
+    argv = args + TINY if args[0] == "--config" or args[0].startswith("--config=") else TINY + args
     code, out, err = run_cli(["train", *argv, f"--workdir={tmp_path}"], capsys)
     assert code == 2
     lines = err.strip().splitlines()

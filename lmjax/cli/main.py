@@ -91,11 +91,13 @@ def parse(command: str, argv: list[str]) -> flags.FlagValues:
         if command == "train":
             if fv.config is None:
                 raise ConfigError("no config: pass --config configs/NAME.py")
-            _ = fv.config  # loading errors surface here
+            fv.config.to_dict()  # config_flags defers loading errors to the first attribute use
     except flags.Error as e:
         raise ConfigError(str(e).splitlines()[0]) from e
     except (OSError, AttributeError, KeyError) as e:
-        raise ConfigError(f"cannot load config: {str(e).splitlines()[0]}") from e
+        detail = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise ConfigError(f"cannot load config: {detail[-1] if detail else type(e).__name__}; "
+                          "pass --config configs/NAME.py[:ARG] with an existing file") from e
     finally:
         sys.argv = saved
     return fv
