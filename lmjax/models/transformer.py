@@ -38,12 +38,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lmjax.config import DTYPES, NORMS, POSITIONS  # the schema's choices, defined once
 from lmjax.errors import ConfigError, LmjaxError
 from lmjax.models.attention import ATTENTION, attend, linear_attention_chunked
-
-POSITIONS = ("rope", "learned", "sinusoidal", "alibi", "none")
-NORMS = ("rmsnorm", "layernorm")
-DTYPES = ("float32", "bfloat16")
 ROPE_BASE = 10000.0
 SINUSOID_BASE = 10000.0
 # Sinusoidal positions are scaled to the embedding's init std, so tokens and positions start on
