@@ -64,6 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dropout = 0.0
     c.model.dtype = "float32"  # compute dtype; parameters are always float32
     c.model.remat = False
+    c.model.scan_layers = False  # True: nn.scan over stacked layers (compiles one layer, not N)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1: the devices left over after fsdp and tensor

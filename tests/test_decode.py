@@ -80,6 +80,24 @@ def test_cached_decoding_equals_full_forward(model, chunks):
     np.testing.assert_allclose(np.concatenate(pieces, axis=1), full_BLV, atol=1e-5)
 
 
+@pytest.mark.parametrize("attention", ["gqa", "linear"])
+def test_scan_layers_cache(attention):
+    """With scan_layers the cache is stacked per layer and decoding still equals the forward."""
+    kw = dict(attention="gqa", num_kv_heads=2) if attention == "gqa" else dict(attention="linear")
+    cfg = tiny(num_layers=3, scan_layers=True, **kw)
+    params = init_params(cfg, jax.random.key(0))
+    cache = init_cache(cfg, 2)
+    leaf = "cached_key" if attention == "gqa" else "linear_state"
+    assert cache["blocks"]["attn"][leaf].shape[:2] == (3, 2)
+    tokens_BL = jax.random.randint(jax.random.key(1), (2, 9), 0, VOCAB, dtype=jnp.int32)
+    full_BLV = forward(params, tokens_BL, cfg=cfg)
+    pieces = []
+    for start, n in [(0, 4), (4, 1), (5, 4)]:
+        logits_BTV, cache = decode_step(params, cache, tokens_BL[:, start:start + n], cfg=cfg)
+        pieces.append(logits_BTV)
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), full_BLV, atol=1e-5)
+
+
 def naive_greedy(cfg, params, prompt, n):
     """Greedy rollout with a full forward pass per token (right padding is harmless: causal)."""
     buf = np.zeros((1, len(prompt) + n), np.int32)

@@ -167,6 +167,42 @@ def test_remat_same_loss_and_grads():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g, g_r)
 
 
+def stack_layers(params, num_layers):
+    """Unrolled params (block_0..block_{N-1}) as the scan_layers=True tree ('blocks', stacked)."""
+    out = {k: v for k, v in params.items() if not k.startswith("block_")}
+    out["blocks"] = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[f"block_{i}"] for i in range(num_layers)])
+    return out
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(remat=True, norm="layernorm"),
+                                dict(attention="linear", positions="learned")])
+def test_scan_layers_equals_unrolled(kw):
+    cfg = tiny(num_layers=3, **kw)
+    cfg_scan = dataclasses.replace(cfg, scan_layers=True)
+    params = init_params(cfg, jax.random.key(0))
+    scanned = stack_layers(params, cfg.num_layers)
+    fresh = init_params(cfg_scan, jax.random.key(0))
+    assert jax.tree.map(jnp.shape, fresh) == jax.tree.map(jnp.shape, scanned)
+    assert param_count(cfg_scan) == sum(x.size for x in jax.tree.leaves(fresh))
+    # Each layer draws its own init: the stacked layers are not copies of one another.
+    assert np.abs(fresh["blocks"]["mlp"]["up"]["kernel"][0] - fresh["blocks"]["mlp"]["up"]["kernel"][1]).max() > 0.01
+    x = tokens(1, (2, 17))
+    grad = jax.jit(jax.value_and_grad(loss_fn), static_argnums=2)
+    loss, g = grad(params, x, cfg)
+    loss_s, g_s = grad(scanned, x, cfg_scan)
+    np.testing.assert_allclose(loss, loss_s, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 stack_layers(g, cfg.num_layers), g_s)
+
+
+def test_scan_layers_partition_names():
+    cfg = tiny(scan_layers=True)
+    boxed = Transformer(cfg).init(jax.random.key(0), tokens(0, (1, 8)))["params"]
+    specs = nn.get_partition_spec(boxed)
+    assert specs["blocks"]["attn"]["query"]["kernel"] == jax.sharding.PartitionSpec("layers", "embed", "heads")
+    assert specs["blocks"]["attn_norm"]["scale"] == jax.sharding.PartitionSpec("layers", "norm")
+
+
 def naive_attention(q, k, v, q_offset, kv_length, window=0):
     q, k, v = map(np.asarray, (q, k, v))
     B, T, H, D = q.shape

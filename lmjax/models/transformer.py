@@ -65,6 +65,7 @@ class ModelConfig:
     dropout: float = 0.0
     dtype: str = "float32"  # compute dtype; parameters are always float32
     remat: bool = False
+    scan_layers: bool = False  # one nn.scan over stacked layer weights instead of a Python loop
     linear_chunk: int = 64  # attention='linear': tokens per chunk of the causal scan
 
     def __post_init__(self):
@@ -336,15 +337,42 @@ class Mlp(nn.Module):
 
 class Block(nn.Module):
     cfg: ModelConfig
+    train: bool = False
+    decode: bool = False
 
     @nn.compact
-    def __call__(self, x_BLD, rope, offset, train: bool, decode: bool):
+    def __call__(self, x_BLD, rope, offset):
         cfg = self.cfg
-        drop = nn.Dropout(cfg.dropout, deterministic=not train)
+        drop = nn.Dropout(cfg.dropout, deterministic=not self.train)
         x_BLD = x_BLD + drop(Attention(cfg, name="attn")(_norm(cfg, "attn_norm")(x_BLD), rope,
-                                                         offset, decode))
+                                                         offset, self.decode))
         x_BLD = x_BLD + drop(Mlp(cfg, name="mlp")(_norm(cfg, "mlp_norm")(x_BLD)))
         return nn.with_logical_constraint(x_BLD, ("batch", "length", "act_embed"))
+
+
+def _scan_step(block: Block, x_BLD, rope, offset):
+    return block(x_BLD, rope, offset), None
+
+
+def run_blocks(cfg: ModelConfig, x_BLD, rope, offset, *, train: bool, decode: bool):
+    """The residual stream through cfg.num_layers blocks.
+
+    Unrolled: params block_0..block_{N-1}, one traced copy per layer. With cfg.scan_layers one
+    `nn.scan` over params 'blocks' whose leaves are stacked [num_layers, ...] (logical axis
+    'layers'), and so is the KV cache: XLA compiles one layer instead of N, which is what makes
+    deep models start quickly. remat only pays off when training; the cache update must not be
+    recomputed.
+    """
+    block = nn.remat(Block) if cfg.remat and not decode else Block
+    if not cfg.scan_layers:
+        for i in range(cfg.num_layers):
+            x_BLD = block(cfg, train, decode, name=f"block_{i}")(x_BLD, rope, offset)
+        return x_BLD
+    scan = nn.scan(_scan_step, variable_axes={"params": 0, "cache": 0},
+                   split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast, nn.broadcast),
+                   length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+    x_BLD, _ = scan(block(cfg, train, decode, name="blocks"), x_BLD, rope, offset)
+    return x_BLD
 
 
 class Transformer(nn.Module):
@@ -381,10 +409,7 @@ class Transformer(nn.Module):
         x_BLD = nn.with_logical_constraint(x_BLD, ("batch", "length", "act_embed"))
         rope = rope_sin_cos(pos_L, cfg.head_dim) if cfg.positions == "rope" else None
 
-        # remat only pays off when training; the cache update must not be recomputed.
-        block = nn.remat(Block, static_argnums=(4, 5)) if cfg.remat and not decode else Block
-        for i in range(cfg.num_layers):
-            x_BLD = block(cfg, name=f"block_{i}")(x_BLD, rope, offset, train, decode)
+        x_BLD = run_blocks(cfg, x_BLD, rope, offset, train=train, decode=decode)
         x_BLD = _norm(cfg, "final_norm")(x_BLD)
 
         if cfg.tie_embeddings:

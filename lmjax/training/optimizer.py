@@ -21,9 +21,14 @@ def lr_schedule(train_cfg) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
+NOT_DECAYED = ("scale", "bias")
+
+
 def decay_mask(params):
     # Norm scales and biases are not decayed: shrinking them towards 0 only fights the norm.
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    # By name, not by ndim: with scan_layers a norm scale is [num_layers, D].
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p: getattr(path[-1], "key", None) not in NOT_DECAYED, params)
 
 
 def make_optimizer(train_cfg) -> optax.GradientTransformation:

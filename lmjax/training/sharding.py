@@ -32,6 +32,7 @@ LOGICAL_RULES = (
     ("length_pos", None),
     ("act_embed", None),
     ("norm", None),
+    ("layers", None),  # the stacked-layer axis of scan_layers=True
 )
 
 
