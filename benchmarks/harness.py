@@ -2,11 +2,12 @@
 
     python -m benchmarks.harness --config configs/NAME.py[:ARG] [--config.KEY=VAL ...]
         [--steps 30] [--warmup 5] [--sample_tokens 128] [--out benchmarks/results] [--no_append]
+        [--nodata_iterator] [--checkpoint_every N [--checkpoint_rounds 3]]
 
-Batches are random token ids [batch_size, seq_len + 1] drawn once on the host (vocabulary
-`config.data.vocab_size`, or 256 when the config derives its vocabulary from a tokenizer) and
-placed on the mesh once, so the figures are those of the model and optimiser, not of the data
-pipeline. Measured:
+Training batches are random token ids [batch_size, seq_len + 1] drawn once on the host
+(vocabulary `config.data.vocab_size`, or 256 when the config derives its vocabulary from a
+tokenizer) and placed on the mesh once, so the training figures are those of the model and
+optimiser; the data pipeline is timed on its own. Measured:
 
 - time to first step: make_mesh + make_setup + init_state + the first train_step (compile
   included), synchronised with block_until_ready;
@@ -14,7 +15,11 @@ pipeline. Measured:
   synchronised; tokens/s, model FLOP/s (`flops_per_token * tokens/s`) and MFU against
   `hardware.peak_flops()`;
 - peak device memory (`memory_stats()['peak_bytes_in_use']`; None on CPU);
-- sampling tokens/s with the KV cache (`lmjax.models.generate`), batch 1 and 8, after a warm-up call.
+- sampling tokens/s with the KV cache (`lmjax.models.generate`), batch 1 and 8, after a warm-up call;
+- the input pipeline (unless --nodata_iterator): tokens/s of `lmjax.data.train_batch` on the
+  config's real corpus plus the host-to-device transfer, and its ratio to the training tokens/s;
+- checkpointing (with --checkpoint_every N > 0): the extra wall time of N train steps with one
+  asynchronous checkpoint, as `train()` saves it, over the same N steps without.
 
 Writes `<out>/<UTC timestamp>-<config stem>.json`, appends a row to benchmarks/RESULTS.md
 (unless --no_append) and prints the JSON record as the last line of stdout.
@@ -44,14 +49,28 @@ RESULTS_MD = REPO / "benchmarks" / "RESULTS.md"
 SYNTHETIC_VOCAB = 256  # when config.data.vocab_size is 0 (byte/char tokenizers derive theirs)
 SAMPLE_BATCHES = (1, 8)
 SAMPLE_PROMPT_LEN = 8
+DATA_MIN_SECONDS = 1.0  # the data iterator is timed for this long ...
+DATA_MAX_BATCHES = 1000  # ... or this many batches, whichever comes first
+PLACEHOLDER_TOKENIZER = {"kind": "byte"}  # saved with checkpoints when no corpus was loaded
+
+# Notes on the columns added after the first rows were written; `append_row` adds them (and the
+# columns) to an older RESULTS.md whose table lacks them.
+NEW_COLUMN_NOTES = """\
+- **data x train**: tokens/s of the input pipeline (`lmjax.data.train_batch` on the config's real
+  corpus, then the synchronised host-to-device transfer) over the training tokens/s; `-`: not
+  measured (`--nodata_iterator`, or a row older than the column).
+- **ckpt overhead**: extra wall time of N train steps with one asynchronous checkpoint (as
+  `lmjax train` saves) over the same N steps without, summed over interleaved rounds: (with -
+  without) / without, N = `--checkpoint_every` (shown); `-`: not measured (the default).
+"""
 
 RESULTS_HEADER = """\
 # Benchmark results
 
 Rows are appended by `python -m benchmarks.harness` (see `benchmarks/README.md`); the full record
 of each run (versions, resolved config, percentiles) is the JSON file under `benchmarks/results/`.
-Data is synthetic (random token ids placed on the device once), so these figures are those of the
-model and optimiser, not of the input pipeline.
+Training data is synthetic (random token ids placed on the device once), so the training figures
+are those of the model and optimiser; the input pipeline is measured on its own (**data x train**).
 
 Columns:
 - **date**: UTC time of the run.
@@ -70,9 +89,9 @@ Columns:
   backend reports none (CPU).
 - **sample tok/s**: new tokens per second from `lmjax.models.generate` (KV cache, prompt of 8
   tokens, `n` new tokens, prefill included), at batch 1 / batch 8.
-
-| date | device | config | params | tokens/step | step ms | tokens/s | MFU | first step s | peak mem | sample tok/s (B=1 / B=8) |
-|---|---|---|---|---|---|---|---|---|---|---|
+""" + NEW_COLUMN_NOTES + """
+| date | device | config | params | tokens/step | step ms | tokens/s | MFU | first step s | peak mem | sample tok/s (B=1 / B=8) | data x train | ckpt overhead |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|
 """
 
 
@@ -91,6 +110,12 @@ def _define_flags(fv: flags.FlagValues) -> None:
                         flag_values=fv)
     flags.DEFINE_integer("num_devices", 0, "Use the first N devices (0: all).", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Seed of the synthetic batch and of the parameters.", flag_values=fv)
+    flags.DEFINE_boolean("data_iterator", True, "Also time the input pipeline on the config's real "
+                         "corpus (train_batch + host-to-device transfer).", flag_values=fv)
+    flags.DEFINE_integer("checkpoint_every", 0, "Also measure the cost of an asynchronous checkpoint "
+                         "every N steps (0: skip).", flag_values=fv)
+    flags.DEFINE_integer("checkpoint_rounds", 3, "Rounds of N steps with a checkpoint, each paired "
+                         "with N steps without.", flag_values=fv)
 
 
 def parse(argv: list[str]) -> flags.FlagValues:
@@ -118,6 +143,8 @@ def parse(argv: list[str]) -> flags.FlagValues:
         sys.argv = saved
     if fv.steps < 1 or fv.warmup < 0 or fv.sample_tokens < 0 or fv.num_devices < 0:
         raise ConfigError("--steps must be >= 1; --warmup, --sample_tokens and --num_devices >= 0")
+    if fv.checkpoint_every < 0 or fv.checkpoint_rounds < 1:
+        raise ConfigError("--checkpoint_every must be >= 0 and --checkpoint_rounds >= 1")
     return fv
 
 
@@ -179,8 +206,127 @@ def peak_memory(devices) -> int | None:
     return max(peaks) if peaks else None
 
 
+def load_corpus_tokens(config):
+    """The config's real dataset, as `train()` loads it (`prepare(config.data)`), and the seconds it
+    took: building the token cache on first use (tokenizer training included) is a one-time cost,
+    recorded apart so it is never mistaken for the per-batch cost."""
+    from lmjax.data import prepare
+
+    t = time.perf_counter()
+    data = prepare(config.data)
+    dt_s = time.perf_counter() - t
+    _log(f"corpus {config.data.corpus!r}: {len(data.train):,} train tokens "
+         f"({data.tokenizer.kind} vocab {data.tokenizer.vocab_size}) loaded in {dt_s:.2f} s")
+    return data, dt_s
+
+
+def measure_data_iterator(data, config, mesh) -> dict:
+    """Tokens/s of the input pipeline as `train()` drives it: `train_batch` (random windows
+    gathered from the memory-mapped split) plus `global_batch` (the host-to-device transfer),
+    synchronised, for DATA_MIN_SECONDS or DATA_MAX_BATCHES batches. The data must keep far ahead of
+    the train step, or the accelerator waits on the host; this is the margin it has."""
+    import jax
+    import numpy as np
+
+    from lmjax.data import train_batch
+    from lmjax.training import sharding
+
+    tc = config.train
+
+    def one(step: int) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        local = train_batch(data.train, seed=tc.seed, step=step, batch_size=tc.batch_size,
+                            seq_len=tc.seq_len, process_index=0, process_count=1)
+        t1 = time.perf_counter()
+        jax.block_until_ready(sharding.global_batch(local, mesh))
+        return t1 - t0, time.perf_counter() - t1
+
+    one(0)  # warm-up: first touch of the memory map, first transfer
+    host, transfer = [], []
+    start = time.perf_counter()
+    while time.perf_counter() - start < DATA_MIN_SECONDS and len(host) < DATA_MAX_BATCHES:
+        h, x = one(len(host) + 1)
+        host.append(h)
+        transfer.append(x)
+    total = float(np.sum(host) + np.sum(transfer))
+    tok_s = len(host) * tc.batch_size * tc.seq_len / total
+    _log(f"data iterator: {len(host)} batches, {total / len(host) * 1e3:.3f} ms/batch "
+         f"(train_batch {np.median(host) * 1e3:.3f} ms, transfer {np.median(transfer) * 1e3:.3f} ms "
+         f"median), {tok_s:,.0f} tokens/s")
+    return {"batches": len(host), "seconds": total, "tokens_per_s": tok_s,
+            "batch_s_median": float(np.median(np.add(host, transfer))),
+            "train_batch_s_median": float(np.median(host)),
+            "transfer_s_median": float(np.median(transfer)),
+            "train_tokens": len(data.train), "tokenizer": data.tokenizer.kind,
+            "vocab_size": data.tokenizer.vocab_size}
+
+
+def _run_steps(setup, state, batch, n: int):
+    """n train steps dispatched back to back, as `train()` does, synchronised once at the end."""
+    import jax
+
+    for _ in range(n):
+        state, _ = setup.train_step(state, batch)
+    return jax.block_until_ready(state)
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def measure_checkpoint_overhead(setup, state, batch, config, *, every: int, rounds: int,
+                                tokenizer: dict):
+    """How much slower training runs when it saves a checkpoint every `every` steps, as `train()`
+    does (`Checkpointer(workdir, keep=...)`, asynchronous `save`), in a temporary workdir.
+
+    Each round times `every` steps with one save against `every` steps without, interleaved
+    (ABAB) so a change of machine load hits both alike. A with-save round is: save, the steps
+    (during which orbax writes in the background), then wait for the write - one period of
+    `train()` in steady state, where the next save waits for the last one; the wait is counted,
+    and no write spills into the next without-save round. One untimed save first pays orbax's
+    one-time start-up. Returns (the updated state, the figures)."""
+    import tempfile
+
+    from lmjax.checkpointing import Checkpointer
+
+    cfg = config.to_dict()
+    with tempfile.TemporaryDirectory(prefix="lmjax-bench-ckpt-") as workdir:
+        ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
+        try:
+            t = time.perf_counter()
+            ckpt.save(0, state, config=cfg, tokenizer=tokenizer)
+            ckpt.wait()
+            first_save_s = time.perf_counter() - t
+            with_s, without_s, blocking = [], [], []
+            for r in range(1, rounds + 1):
+                t = time.perf_counter()
+                ckpt.save(r * every, state, config=cfg, tokenizer=tokenizer)
+                blocking.append(time.perf_counter() - t)
+                state = _run_steps(setup, state, batch, every)
+                ckpt.wait()
+                with_s.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                state = _run_steps(setup, state, batch, every)
+                without_s.append(time.perf_counter() - t)
+            size = _dir_bytes(ckpt.directory / str(ckpt.latest_step()))
+        finally:
+            ckpt.close()
+    overhead = (sum(with_s) - sum(without_s)) / sum(without_s)
+    _log(f"checkpoint every {every} steps: {sum(with_s):.3f} s with vs {sum(without_s):.3f} s "
+         f"without over {rounds} round(s), overhead {overhead:+.1%}; save() blocked "
+         f"{max(blocking) * 1e3:.1f} ms at most; {_fmt_bytes(size)} per checkpoint")
+    return state, {
+        "every": every, "rounds": rounds, "keep": int(config.train.keep_checkpoints),
+        "seconds_with": sum(with_s), "seconds_without": sum(without_s),
+        "round_seconds_with": with_s, "round_seconds_without": without_s,
+        "save_blocking_s": blocking, "first_save_s": first_save_s, "checkpoint_bytes": size,
+        "overhead": overhead,
+    }
+
+
 def run_benchmark(config, *, steps: int, warmup: int, sample_tokens: int, devices=None,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, data_iterator: bool = False, checkpoint_every: int = 0,
+                  checkpoint_rounds: int = 3) -> dict:
     """All the figures for one resolved config (see the module docstring)."""
     import jax
     import numpy as np
@@ -189,6 +335,8 @@ def run_benchmark(config, *, steps: int, warmup: int, sample_tokens: int, device
     from lmjax.training import hardware, sharding
     from lmjax.training.steps import make_setup
 
+    # Before any compile, so a corpus that cannot be loaded fails the run at once.
+    data, prepare_s = load_corpus_tokens(config) if data_iterator else (None, None)
     devices = list(jax.devices() if devices is None else devices)
     tc = config.train
     vocab = config.data.vocab_size if config.data.vocab_size > 0 else SYNTHETIC_VOCAB
@@ -252,6 +400,13 @@ def run_benchmark(config, *, steps: int, warmup: int, sample_tokens: int, device
                  f"{b * n_new / dt_s:,.0f} tokens/s")
     mem_after = peak_memory(devices)
 
+    data_fig = measure_data_iterator(data, config, mesh) if data is not None else None
+    ckpt_fig = None
+    if checkpoint_every > 0:
+        tokenizer = data.tokenizer.to_json() if data is not None else PLACEHOLDER_TOKENIZER
+        state, ckpt_fig = measure_checkpoint_overhead(setup, state, batch, config, every=checkpoint_every,
+                                                      rounds=checkpoint_rounds, tokenizer=tokenizer)
+
     return {
         "vocab_size": vocab,
         "synthetic_data": True,
@@ -277,6 +432,13 @@ def run_benchmark(config, *, steps: int, warmup: int, sample_tokens: int, device
         "peak_memory_bytes": mem_after,
         "final_loss": _finite(loss),
         "sampling": sampling,
+        # None where not measured (--nodata_iterator; --checkpoint_every 0)
+        "data_tokens_per_s": None if data_fig is None else data_fig["tokens_per_s"],
+        "data_to_train_ratio": None if data_fig is None else data_fig["tokens_per_s"] / tok_s,
+        "data_prepare_s": prepare_s,
+        "data_iterator": data_fig,
+        "checkpoint_overhead": None if ckpt_fig is None else ckpt_fig["overhead"],
+        "checkpoint": ckpt_fig,
     }
 
 
@@ -312,21 +474,45 @@ def results_row(rec: dict) -> str:
                       if str(b) in f["sampling"]) or "-"
     if f["sampling"]:
         samp += f" (n={next(iter(f['sampling'].values()))['new_tokens']})"
+    ratio = f.get("data_to_train_ratio")  # .get: records written before these figures existed
+    data = "-" if ratio is None else f"{ratio:,.0f}x"
+    ckpt = ("-" if f.get("checkpoint_overhead") is None
+            else f"{f['checkpoint_overhead']:+.1%} (every {f['checkpoint']['every']})")
     return (f"| {rec['date'][:16].replace('T', ' ')} | {rec['device']['count']} x {rec['device']['kind']} "
             f"| {config} | {f['params'] / 1e6:.2f}M | {f['tokens_per_step']:,} "
             f"| {f['step_time_s']['median'] * 1e3:,.1f} | {f['tokens_per_s']:,.0f} | {mfu} "
-            f"| {f['time_to_first_step_s']:.1f} | {_fmt_bytes(f['peak_memory_bytes'])} | {samp} |")
+            f"| {f['time_to_first_step_s']:.1f} | {_fmt_bytes(f['peak_memory_bytes'])} | {samp} "
+            f"| {data} | {ckpt} |")
+
+
+def _widen_table(lines: list[str], header: int) -> int:
+    """Give a results table written before the last columns existed today's header row (and the
+    notes on the new columns, above the table). Its rows keep their cells: markdown shows a row's
+    missing trailing cells empty, whereas cells beyond the header's would be dropped. Returns
+    the header's index after the notes were inserted."""
+    new_header, new_rule = RESULTS_HEADER.rstrip("\n").splitlines()[-2:]
+    old = lines[header].rstrip()
+    if old == new_header or not new_header.startswith(old) or header + 1 >= len(lines):
+        return header  # current, or hand-edited: leave it alone
+    lines[header], lines[header + 1] = new_header, new_rule
+    if NEW_COLUMN_NOTES.splitlines()[0] not in lines:
+        at = header - 1 if header > 0 and not lines[header - 1].strip() else header
+        lines[at:at] = NEW_COLUMN_NOTES.rstrip("\n").splitlines()
+        header += len(NEW_COLUMN_NOTES.rstrip("\n").splitlines())
+    return header
 
 
 def append_row(path: Path, row: str) -> None:
-    """Add the row at the end of the results table (the one whose header starts `| date |`);
-    notes and other tables below it stay where they are."""
+    """Add the row at the end of the results table (the one whose header starts `| date |`),
+    widening an older table to today's columns first; notes and other tables below it stay
+    where they are."""
     text = path.read_text() if path.exists() else RESULTS_HEADER
     lines = text.splitlines()
     header = next((i for i, line in enumerate(lines) if line.startswith("| date |")), None)
     if header is None:  # no results table yet: start one at the end
         lines += ["", *RESULTS_HEADER.rstrip("\n").splitlines()[-2:]]
         header = len(lines) - 2
+    header = _widen_table(lines, header)
     at = header
     while at + 1 < len(lines) and lines[at + 1].startswith("|"):
         at += 1
@@ -356,7 +542,9 @@ def main(argv: list[str] | None = None) -> dict:
     now = dt.datetime.now(dt.timezone.utc)
     _log(f"{config_name} {' '.join(overrides)} on {len(devices)} x {d0.device_kind}")
     figures = run_benchmark(config, steps=fv.steps, warmup=fv.warmup, sample_tokens=fv.sample_tokens,
-                            devices=devices, seed=fv.seed)
+                            devices=devices, seed=fv.seed, data_iterator=fv.data_iterator,
+                            checkpoint_every=fv.checkpoint_every,
+                            checkpoint_rounds=fv.checkpoint_rounds)
     rec = {
         "date": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
         "config_name": config_name,

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from lmjax import config as config_lib
+from lmjax.errors import ConfigError
 from lmjax.training import sharding
 from lmjax.training.steps import make_setup, mesh_context
 
@@ -27,13 +29,22 @@ def load_config_file(path: Path, arg=None):
     return module.get_config(arg)
 
 
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
 def test_harness_smoke(tmp_path):
+    """End to end on a tiny model, the optional measurements included: the data iterator on
+    tinyshakespeare (a small corpus, so the per-session token cache builds in about a second)
+    and one round of checkpointing every 3 steps. Figures are checked for sanity, never speed."""
     results_md = tmp_path / "RESULTS.md"
     rec = harness.main([
         "--config", str(REPO / "configs" / "default.py"),
         "--config.model.num_layers=2", "--config.model.width=64",
         "--config.train.seq_len=32", "--config.train.batch_size=8",
+        "--config.data.corpus=tinyshakespeare",
         "--steps", "3", "--warmup", "1", "--sample_tokens", "8",
+        "--checkpoint_every", "3", "--checkpoint_rounds", "1",
         "--num_devices", "1", "--no_append", "--out", str(tmp_path),
         "--results_md", str(results_md),
     ])
@@ -48,11 +59,80 @@ def test_harness_smoke(tmp_path):
     assert f["sampling"]["1"]["tokens_per_s"] > 0 and f["sampling"]["8"]["tokens_per_s"] > 0
     assert saved["config"]["model"]["num_layers"] == 2 and saved["device"]["count"] == 1
     assert saved["overrides"][0] == "--config.model.num_layers=2"
+    # The input pipeline on the real corpus (byte tokens of tinyshakespeare).
+    assert _positive(f["data_tokens_per_s"]) and _positive(f["data_to_train_ratio"])
+    d = f["data_iterator"]
+    assert d["batches"] >= 1 and _positive(d["seconds"]) and d["tokenizer"] == "byte"
+    assert _positive(d["train_batch_s_median"]) and _positive(d["transfer_s_median"])
+    assert f["data_prepare_s"] >= 0 and d["train_tokens"] > 32
+    # Checkpointing: one round of 3 steps with a save against 3 without.
+    c = f["checkpoint"]
+    assert (c["every"], c["rounds"], len(c["save_blocking_s"])) == (3, 1, 1)
+    assert all(_positive(x) for x in (c["seconds_with"], c["seconds_without"], c["first_save_s"],
+                                       *c["save_blocking_s"], c["checkpoint_bytes"]))
+    assert math.isfinite(f["checkpoint_overhead"]) and f["checkpoint_overhead"] > -1
     assert not results_md.exists()  # --no_append
-    # The row format renders from the record.
-    harness.append_row(results_md, harness.results_row(saved))
+    # The row format renders from the record, the new figures in the last two cells.
+    row = harness.results_row(saved)
+    assert row.count("|") == harness.RESULTS_HEADER.rstrip().splitlines()[-1].count("|")
+    assert row.endswith("x | " + f"{f['checkpoint_overhead']:+.1%} (every 3) |")
+    harness.append_row(results_md, row)
     text = results_md.read_text()
     assert text.startswith("# Benchmark results") and "`default` `--config.model.num_layers=2`" in text
+
+
+def test_harness_flags():
+    config = str(REPO / "configs" / "default.py")
+    fv = harness.parse(["--config", config])
+    assert (fv.data_iterator, fv.checkpoint_every, fv.checkpoint_rounds) == (True, 0, 3)
+    assert not harness.parse(["--config", config, "--nodata_iterator"]).data_iterator
+    for bad in (["--checkpoint_every", "-1"], ["--checkpoint_every", "5", "--checkpoint_rounds", "0"]):
+        with pytest.raises(ConfigError):
+            harness.parse(["--config", config, *bad])
+
+
+OLD_TABLE = """\
+# Benchmark results
+
+Columns:
+- **date**: UTC time of the run.
+- **sample tok/s**: at batch 1 / batch 8.
+
+| date | device | config | params | tokens/step | step ms | tokens/s | MFU | first step s | peak mem | sample tok/s (B=1 / B=8) |
+|---|---|---|---|---|---|---|---|---|---|---|
+| 2026-11-23 02:26 | 1 x cpu | `shakespeare_char` | 0.82M | 768 | 51.0 | 15,060 | 40.1% | 5.3 | - | 4,942 / 10,605 (n=56) |
+
+**Reference**: a note below the table.
+"""
+
+
+def test_append_row_widens_an_older_table(tmp_path):
+    """A RESULTS.md written before the data/checkpoint columns gets today's header row and the
+    notes on the new columns; its old rows stay as they were (markdown shows their missing cells
+    empty), new rows go into the same table, and a record without the new figures shows '-'."""
+    path = tmp_path / "RESULTS.md"
+    path.write_text(OLD_TABLE)
+    new_row = "| 2026-12-01 00:00 | 1 x cpu | `default` | 1 | 2 | 3 | 4 | 5 | 6 | - | - | 900x | +1.0% (every 100) |"
+    harness.append_row(path, new_row)
+    harness.append_row(path, new_row)  # a second append neither re-widens nor repeats the notes
+    lines = path.read_text().splitlines()
+    new_header, new_rule = harness.RESULTS_HEADER.rstrip().splitlines()[-2:]
+    h = lines.index(new_header)
+    assert lines[h + 1] == new_rule
+    assert lines[h + 2] == OLD_TABLE.splitlines()[-3]  # the old row, untouched
+    assert lines[h + 3] == lines[h + 4] == new_row
+    assert lines[h + 5:] == ["", "**Reference**: a note below the table."]
+    notes = harness.NEW_COLUMN_NOTES.rstrip().splitlines()
+    assert lines[h - 1] == "" and lines[h - 1 - len(notes):h - 1] == notes
+    assert lines[h - 2 - len(notes)] == "- **sample tok/s**: at batch 1 / batch 8."
+    assert sum(line.startswith("| date |") for line in lines) == 1
+    # Old records (no data/checkpoint figures) still render, with '-' in the new cells.
+    rec = {"date": "2026-11-23T02:26:00Z", "device": {"count": 1, "kind": "cpu"},
+           "config_name": "default", "overrides": [],
+           "figures": {"mfu": None, "sampling": {}, "params": 1e6, "tokens_per_step": 256,
+                       "step_time_s": {"median": 0.01}, "tokens_per_s": 25600.0,
+                       "time_to_first_step_s": 1.0, "peak_memory_bytes": None}}
+    assert harness.results_row(rec).endswith("| - | - | - |")
 
 
 def test_gpt2_small_compiles_ahead_of_time():
