@@ -106,3 +106,29 @@ def test_workdir_of_another_config_is_refused(trained, capsys):
 def test_eval_without_run_fails(tmp_path, capsys):
     code, _, err = run_cli(["eval", f"--workdir={tmp_path}"], capsys)
     assert code == 2 and "holds no checkpoints" in err
+
+
+def test_second_start_compiles_nothing(tmp_path):
+    """`lmjax train` keeps its compiled programs in <LMJAX_CACHE_DIR>/xla: a second start of the
+    same config reads every one of them back (no new cache entries) and gives the same losses;
+    LMJAX_COMPILE_CACHE=0 turns the cache off."""
+    args = [a for a in TINY if not a.startswith("--config.train.steps")] + ["--config.train.steps=2"]
+    env = {**os.environ, "LMJAX_CACHE_DIR": str(tmp_path / "cache"),
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+
+    def train(name, **extra):
+        proc = subprocess.run([sys.executable, "-m", "lmjax.cli.main", "train", *args,
+                               f"--workdir={tmp_path / name}"], capture_output=True, text=True,
+                              env={**env, **extra}, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    xla = tmp_path / "cache" / "xla"
+    first = train("a")
+    entries = sorted(p.name for p in xla.iterdir())
+    assert any("train_step" in e for e in entries), entries
+    second = train("b")
+    assert sorted(p.name for p in xla.iterdir()) == entries  # every program came from the cache
+    assert second["loss"] == first["loss"] and second["val_loss"] == first["val_loss"]
+    train("c", LMJAX_CACHE_DIR=str(tmp_path / "off"), LMJAX_COMPILE_CACHE="0")
+    assert not (tmp_path / "off" / "xla").exists()

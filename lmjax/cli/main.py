@@ -187,6 +187,9 @@ def guarded(fn, *, verbose: bool) -> int:
 def entry() -> None:
     """Console script. After an error, leave without interpreter teardown: a failed
     asynchronous save leaves orbax threads that would print tracebacks on the way out."""
+    from lmjax.training.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()  # a command-line process only: library users opt in themselves
     code = main()
     if code:
         sys.stdout.flush()
