@@ -37,8 +37,11 @@ def evaluate(setup: Setup, params, tokens: np.ndarray, *, batch_size: int, seq_l
     for batch, weights in eval_batches(tokens, batch_size=batch_size, seq_len=seq_len,
                                        max_batches=max_batches, process_index=jax.process_index(),
                                        process_count=jax.process_count()):
-        sums.append(setup.eval_step(params, sharding.global_batch(batch, setup.mesh),
-                                    sharding.global_batch(weights, setup.mesh)))
+        # One batch in flight at a time: independent multi-device programs queued together can
+        # reach their all-reduces in different orders on different devices (XLA:CPU deadlocked
+        # on a whole-split eval over 8 devices).
+        sums.append(jax.block_until_ready(setup.eval_step(
+            params, sharding.global_batch(batch, setup.mesh), sharding.global_batch(weights, setup.mesh))))
     for s, c in jax.device_get(sums):
         loss_sum, count = loss_sum + float(s), count + float(c)
     loss = loss_sum / max(count, 1.0)
