@@ -555,6 +555,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "total_count": jax.device_count(), "process_count": jax.process_count()},
         "host": {"hostname": socket.gethostname(), "cpu_count": os.cpu_count(),
                  "machine": platform.machine(), "processor": platform.processor(),
+                 "xla_flags": os.environ.get("XLA_FLAGS", ""),
                  "load_avg_1m_start": load,
                  "load_avg_1m_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
         "versions": _versions(),

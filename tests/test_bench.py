@@ -162,3 +162,24 @@ def test_gpt2_small_compiles_ahead_of_time():
     params_out = jax.tree.leaves(state_out.params)
     assert any(x.shape == (50304, 768) for x in params_out)  # the (tied) embedding
     assert all(x.dtype == jnp.float32 for x in params_out)  # parameters stay float32
+
+
+def test_speedrun_smoke(tmp_path):
+    """The speedrun script runs `lmjax train` as a subprocess, reads its final validation loss and
+    appends one row per record (no timing asserted)."""
+    from benchmarks import speedrun
+
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Benchmark results\n\nintro\n")
+    rec = speedrun.main([
+        "--config", "configs/speedrun_cpu.py", "--repeats", "1", "--label", "smoke",
+        "--results_md", str(md), "--out", str(tmp_path / "out"), "--target", "10",
+        "--config.train.steps=3", "--config.model.width=32", "--config.train.batch_size=8"])
+    assert rec["runs"][0]["steps"] == 3 and rec["target_met"]
+    assert 0 < rec["runs"][0]["val_loss"] < 10 and rec["median_wall_s"] > 0
+    text = md.read_text()
+    assert speedrun.TABLE_TITLE in text and text.count("| smoke |") == 1
+    (record,) = (tmp_path / "out").iterdir()
+    speedrun.main(["--append_records", str(record), "--label", "again", "--results_md", str(md)])
+    rows = [line for line in md.read_text().splitlines() if line.startswith("| 20")]
+    assert [r.split(" | ")[2] for r in rows] == ["smoke", "again"]
