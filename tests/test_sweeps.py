@@ -147,6 +147,31 @@ def test_expand_rejects_duplicates_typos_and_bad_values(tiny):
     assert runs[0].config_hash != runs[1].config_hash
 
 
+def test_config_hash_ignores_keys_at_their_default(monkeypatch):
+    """A key added to the schema later (at its default) must not turn finished runs stale."""
+    from lmjax import config as config_lib
+    from lmjax.sweeps.spec import config_hash
+
+    old_schema = config_lib.base_config
+    c = old_schema()
+    c.train.steps = 7
+    before = config_hash(c)
+
+    def grown_schema():  # the schema of a later version, one key longer
+        g = old_schema()
+        g.model.some_future_key = False
+        return g
+
+    monkeypatch.setattr(config_lib, "base_config", grown_schema)
+    c = grown_schema()
+    c.train.steps = 7
+    assert config_hash(c) == before
+    c.model.some_future_key = True  # set away from its default: another run
+    assert config_hash(c) != before
+    c.model.some_future_key, c.train.steps = False, 8
+    assert config_hash(c) != before
+
+
 def test_cli_bad_input_is_one_error_line(tiny, tmp_path, capsys):
     (tmp_path / "nosweep.py").write_text("from lmjax.config import base_config\n"
                                          "def get_config(arg=None):\n    return base_config()\n")

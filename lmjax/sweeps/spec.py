@@ -290,7 +290,12 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_co
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:
-    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    """sha256 of the values that differ from the schema's defaults: a key added to the schema
+    later (at its default) leaves the hash, and so a finished run's status, unchanged."""
+    defaults, values = config_lib.base_config().to_dict(), config.to_dict()
+    changed = {section: {k: v for k, v in keys.items() if defaults.get(section, {}).get(k, object()) != v}
+               for section, keys in values.items()}
+    return hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def runs_folder(config_path: str | Path, arg: str | None) -> Path:
