@@ -524,6 +524,9 @@ def append_row(path: Path, row: str) -> None:
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark for the flags in `argv` (without the program name); returns the record."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    from lmjax.training.xla_flags import add_default_xla_flags
+
+    add_default_xla_flags()  # as `lmjax train` runs (before the backend starts; no-op after)
     fv = parse(argv)
     config = config_lib.resolve(fv.config)
     stem, config_name, overrides = _config_label(fv, argv)

@@ -188,8 +188,11 @@ def entry() -> None:
     """Console script. After an error, leave without interpreter teardown: a failed
     asynchronous save leaves orbax threads that would print tracebacks on the way out."""
     from lmjax.training.compile_cache import enable_compilation_cache
+    from lmjax.training.xla_flags import add_default_xla_flags
 
-    enable_compilation_cache()  # a command-line process only: library users opt in themselves
+    # A command-line process only: library users opt in themselves.
+    add_default_xla_flags()  # before any JAX backend starts
+    enable_compilation_cache()
     code = main()
     if code:
         sys.stdout.flush()

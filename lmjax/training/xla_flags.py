@@ -1,0 +1,40 @@
+"""XLA flags that lmjax's command-line processes add before JAX starts a backend.
+
+YNNPACK dot fusions off on CPU (`--xla_cpu_experimental_ynn_fusion_type=`, Eigen's dots instead):
+on the 2-core CPU the nanoGPT default shape's train step went from 14.8 to 11.0 s and the baby
+shape's from 58-63 to 55-56 ms (benchmarks/RESULTS.md, "CPU levers measured"). It is a CPU-only
+setting. A flag the installed jaxlib does not know aborts XLA at start-up, so it is only added
+for the jaxlib versions it was checked on; a user's own value of the flag is kept, and
+LMJAX_XLA_DEFAULTS=0 adds nothing.
+"""
+
+from __future__ import annotations
+
+import os
+
+DEFAULT_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
+CHECKED_JAXLIB = ((0, 10), (0, 12))  # [first, last) minor versions known to accept the flags
+OFF = ("0", "false", "no", "off")
+
+
+def _jaxlib_version() -> tuple[int, int]:
+    from jaxlib import version
+
+    major, minor = version.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
+def add_default_xla_flags(environ=None, jaxlib_version: tuple[int, int] | None = None) -> str:
+    """Append DEFAULT_FLAGS to environ['XLA_FLAGS'] (default os.environ) where they are missing;
+    returns the new value. Takes effect only before JAX initialises its first backend."""
+    environ = os.environ if environ is None else environ
+    flags = environ.get("XLA_FLAGS", "")
+    version = jaxlib_version or _jaxlib_version()
+    if (environ.get("LMJAX_XLA_DEFAULTS", "1").strip().lower() in OFF
+            or not CHECKED_JAXLIB[0] <= version < CHECKED_JAXLIB[1]):
+        return flags
+    for flag in DEFAULT_FLAGS:
+        if flag.split("=")[0] not in flags:
+            flags = f"{flags} {flag}".strip()
+    environ["XLA_FLAGS"] = flags
+    return flags

@@ -1,0 +1,26 @@
+"""The XLA flags lmjax's command-line processes add (lmjax/training/xla_flags.py)."""
+
+from lmjax.training.xla_flags import DEFAULT_FLAGS, add_default_xla_flags
+
+YNN = DEFAULT_FLAGS[0]
+
+
+def test_appends_once_and_keeps_other_flags():
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    assert add_default_xla_flags(env, (0, 10)) == f"--xla_force_host_platform_device_count=8 {YNN}"
+    assert add_default_xla_flags(env, (0, 10)) == env["XLA_FLAGS"]  # idempotent
+    assert env["XLA_FLAGS"].count("ynn_fusion_type") == 1
+    assert add_default_xla_flags({}, (0, 11)) == YNN
+
+
+def test_users_own_value_kept():
+    env = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}
+    assert add_default_xla_flags(env, (0, 10)) == "--xla_cpu_experimental_ynn_fusion_type=dot"
+
+
+def test_off_switch_and_unchecked_jaxlib():
+    env = {"LMJAX_XLA_DEFAULTS": "0"}
+    assert add_default_xla_flags(env, (0, 10)) == "" and "XLA_FLAGS" not in env
+    env = {}  # a jaxlib the flag was not checked on (it could abort XLA): add nothing
+    assert add_default_xla_flags(env, (0, 9)) == "" and add_default_xla_flags(env, (0, 12)) == ""
+    assert "XLA_FLAGS" not in env
