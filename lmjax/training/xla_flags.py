@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 
+from lmjax.training.compile_cache import OFF  # the same spellings of "off" for both switches
+
 DEFAULT_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
 CHECKED_JAXLIB = ((0, 10), (0, 12))  # [first, last) minor versions known to accept the flags
-OFF = ("0", "false", "no", "off")
 
 
 def _jaxlib_version() -> tuple[int, int]:
