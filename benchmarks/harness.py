@@ -167,22 +167,6 @@ def _versions() -> dict:
             "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__}
 
 
-def build_train_step(setup, config):
-    """The jitted train step as make_setup builds it, as a bare `jax.jit` object (for `.lower()`
-    / AOT compilation); trace, lower and call it inside `steps.mesh_context(setup.mesh)`."""
-    import jax
-
-    from lmjax.training import sharding
-    from lmjax.training.steps import make_train_step
-
-    return jax.jit(
-        make_train_step(setup.model, setup.optimizer, config.train),
-        in_shardings=(setup.state_shardings, sharding.batch_sharding(setup.mesh)),
-        out_shardings=(setup.state_shardings, sharding.replicated(setup.mesh)),
-        donate_argnums=0,
-    )
-
-
 def abstract_batch(config, mesh):
     """ShapeDtypeStruct of a global batch [batch_size, seq_len + 1] int32, sharded over the batch axes."""
     import jax

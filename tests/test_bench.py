@@ -148,7 +148,7 @@ def test_gpt2_small_compiles_ahead_of_time():
     t0 = time.perf_counter()
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     setup = make_setup(config, vocab_size=config.data.vocab_size, mesh=mesh)  # eval_shape only
-    step = harness.build_train_step(setup, config)
+    step = setup.jit_train_step
     with mesh_context(mesh):
         lowered = step.lower(setup.abstract_state, harness.abstract_batch(config, mesh))
         t_lower = time.perf_counter()

@@ -55,6 +55,9 @@ class Setup:
     init_state: Callable  # rng -> TrainState, placed on the mesh
     train_step: Callable  # (state, batch) -> (state, metrics), jitted, state donated
     eval_step: Callable  # (params, tokens, weights) -> (loss_sum, weight_sum), jitted
+    # The same train step as the bare `jax.jit` object, for `.lower()` / ahead-of-time compiles;
+    # trace and lower it inside `mesh_context(mesh)`.
+    jit_train_step: Any = None
 
 
 def make_setup(config, *, vocab_size: int, mesh: Mesh) -> Setup:
@@ -94,7 +97,7 @@ def make_setup(config, *, vocab_size: int, mesh: Mesh) -> Setup:
         return call
 
     return Setup(model_cfg, model, optimizer, mesh, abstract, shardings,
-                 under_mesh(init_state), under_mesh(train_step), under_mesh(eval_step))
+                 under_mesh(init_state), under_mesh(train_step), under_mesh(eval_step), train_step)
 
 
 def make_train_step(model: Transformer, optimizer, train_cfg):
