@@ -37,6 +37,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lmjax.config import DTYPES, NORMS, POSITIONS  # the schema's choices, defined once
 from lmjax.errors import ConfigError, LmjaxError
@@ -246,21 +247,30 @@ def _out_std(cfg: ModelConfig) -> float:
     return 0.02 / math.sqrt(2 * cfg.num_layers)
 
 
+def _xp(pos_L):
+    # Static positions (training, eval, prefill at 0) give numpy tables, which XLA embeds as
+    # constants; traced ones (decoding) compute in jnp. Why: XLA fuses a traced sin/cos into
+    # every consumer and recomputes it per element of q and k (~8% of a baby CPU step).
+    return (np, np.float64) if isinstance(pos_L, np.ndarray) else (jnp, jnp.float32)
+
+
 def rope_sin_cos(pos_L, head_dim: int):
     """sin, cos [L, E/2] (float32) for rotary embeddings at absolute positions pos_L."""
-    freq_F = ROPE_BASE ** (-jnp.arange(0, head_dim // 2, dtype=jnp.float32) / (head_dim // 2))
-    angle_LF = pos_L.astype(jnp.float32)[:, None] * freq_F[None, :]
-    return jnp.sin(angle_LF), jnp.cos(angle_LF)
+    xp, dt = _xp(pos_L)
+    freq_F = ROPE_BASE ** (-xp.arange(0, head_dim // 2, dtype=dt) / (head_dim // 2))
+    angle_LF = pos_L.astype(dt)[:, None] * freq_F[None, :]
+    return xp.sin(angle_LF).astype(np.float32), xp.cos(angle_LF).astype(np.float32)
 
 
 def sinusoidal_positions(pos_L, width: int):
     """[L, D] float32: Vaswani et al.'s sinusoids at absolute positions pos_L, PE[p, 2i] =
     sin(p / 10000^(2i/D)), PE[p, 2i+1] = cos(same), times SINUSOID_SCALE."""
+    xp, dt = _xp(pos_L)
     half = (width + 1) // 2
-    freq_F = SINUSOID_BASE ** (-2.0 * jnp.arange(half, dtype=jnp.float32) / width)
-    angle_LF = pos_L.astype(jnp.float32)[:, None] * freq_F[None, :]
-    pe_LF2 = jnp.stack([jnp.sin(angle_LF), jnp.cos(angle_LF)], axis=-1)
-    return SINUSOID_SCALE * pe_LF2.reshape(pos_L.shape[0], 2 * half)[:, :width]
+    freq_F = SINUSOID_BASE ** (-2.0 * xp.arange(half, dtype=dt) / width)
+    angle_LF = pos_L.astype(dt)[:, None] * freq_F[None, :]
+    pe_LF2 = xp.stack([xp.sin(angle_LF), xp.cos(angle_LF)], axis=-1)
+    return (SINUSOID_SCALE * pe_LF2.reshape(pos_L.shape[0], 2 * half)[:, :width]).astype(np.float32)
 
 
 def apply_rope(x_BLHE, sin_LF, cos_LF):
@@ -394,7 +404,7 @@ class Transformer(nn.Module):
         if cfg.positions == "learned" and L > cfg.max_len:
             raise LmjaxError(f"{L} tokens exceed the learned positions table of {cfg.max_len}; "
                              "feed at most max_len tokens")
-        pos_L = offset + jnp.arange(L)
+        pos_L = offset + (np.arange(L) if isinstance(offset, int) else jnp.arange(L))
 
         embed_VD = self.param("embedding", _init(0.02, ("vocab", "embed_vocab")),
                               (cfg.vocab_size, cfg.width), jnp.float32)
