@@ -543,6 +543,7 @@ def main(argv: list[str] | None = None) -> dict:
         "host": {"hostname": socket.gethostname(), "cpu_count": os.cpu_count(),
                  "machine": platform.machine(), "processor": platform.processor(),
                  "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                 "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
                  "load_avg_1m_start": load,
                  "load_avg_1m_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
         "versions": _versions(),
@@ -563,6 +564,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    from lmjax.training.hugepages import reexec_with_hugepages
+
+    reexec_with_hugepages()  # as the `lmjax` command does (a no-op under LMJAX_HUGEPAGES=0)
     try:
         main()
     except LmjaxError as e:

@@ -13,15 +13,14 @@ from pathlib import Path
 
 import jax
 
+from lmjax.training.env import switched_off
 from lmjax.training.hardware import cache_dir
-
-OFF = ("0", "false", "no", "off")
 
 
 def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path | None:
     """Point JAX's persistent cache at `directory` (default <cache dir>/xla); returns it, or None
     when LMJAX_COMPILE_CACHE turns it off."""
-    if os.environ.get("LMJAX_COMPILE_CACHE", "1").strip().lower() in OFF:
+    if switched_off("LMJAX_COMPILE_CACHE"):
         return None
     if jax.config.jax_compilation_cache_dir and directory is None:
         return Path(jax.config.jax_compilation_cache_dir)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from lmjax.training.compile_cache import OFF  # the same spellings of "off" for both switches
+from lmjax.training.env import switched_off
 
 DEFAULT_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
 CHECKED_JAXLIB = ((0, 10), (0, 12))  # [first, last) minor versions known to accept the flags
@@ -31,7 +31,7 @@ def add_default_xla_flags(environ=None, jaxlib_version: tuple[int, int] | None =
     environ = os.environ if environ is None else environ
     flags = environ.get("XLA_FLAGS", "")
     version = jaxlib_version or _jaxlib_version()
-    if (environ.get("LMJAX_XLA_DEFAULTS", "1").strip().lower() in OFF
+    if (switched_off("LMJAX_XLA_DEFAULTS", environ)
             or not CHECKED_JAXLIB[0] <= version < CHECKED_JAXLIB[1]):
         return flags
     for flag in DEFAULT_FLAGS:
