@@ -240,7 +240,7 @@ def test_greedy_generate_is_consistent(case):
 
 # ----------------------------------------------------------------------------- kernels
 
-@pytest.mark.parametrize("implementation", ["einsum", "xla"])
+@pytest.mark.parametrize("implementation", ["einsum", "xla", "einsum-blocks"])
 @pytest.mark.parametrize("heads,kv_heads,window,positions,q_offset", [
     (4, 4, 0, "none", 0), (4, 1, 0, "alibi", 3), (4, 2, 3, "none", 5), (6, 3, 4, "alibi", 0),
     (6, 6, 0, "alibi", 2), (4, 2, 2, "alibi", 0),
@@ -258,10 +258,44 @@ def test_softmax_kernel_matches_naive(implementation, heads, kv_heads, window, p
     rng = np.random.default_rng(0)
     q = normal(rng, (B, T, heads, E))
     k, v = normal(rng, (B, S, kv_heads, E)), normal(rng, (B, S, kv_heads, E))
+    if implementation == "einsum-blocks":  # causal blocks of 2 query rows (3 blocks when whole)
+        monkeypatch.setattr(attention_module, "CAUSAL_BLOCK_ROWS", 2)
+        implementation = "einsum"
     monkeypatch.setattr(attention_module, "IMPLEMENTATION", implementation)
     out = jax.jit(functools.partial(attend, q_offset=q_offset, kv_length=q_offset + T, cfg=cfg))(q, k, v)
     want = naive_attention_core(*map(np.asarray, (q, k, v)), cfg, q_offset=q_offset)
     np.testing.assert_allclose(out, want, atol=1e-5)
+
+
+def test_causal_blocks_split_only_whole_long_sequences():
+    blocks = attention_module.causal_blocks
+    assert blocks(64, 64, q_offset=0, kv_length=64) == [(0, 64, 64)]
+    assert blocks(256, 256, q_offset=0, kv_length=256) == [(0, 128, 128), (128, 256, 256)]
+    assert blocks(1000, 1000, q_offset=0, kv_length=1000) == [
+        (0, 250, 250), (250, 500, 500), (500, 750, 750), (750, 1000, 1000)]
+    assert blocks(256, 512, q_offset=0, kv_length=256) == [(0, 256, 512)]  # against a cache
+    assert blocks(256, 256, q_offset=jnp.int32(0), kv_length=256) == [(0, 256, 256)]  # traced
+
+
+def test_causal_blocks_equal_one_block_with_gradients(monkeypatch):
+    """The default split at T=256 (2 blocks) against the unsplit core: outputs and gradients."""
+    B, T, H, K, E = 2, 256, 4, 2, 8
+    cfg = ModelConfig(vocab_size=VOCAB, max_len=T, num_heads=H, width=H * E, attention="gqa",
+                      num_kv_heads=K, positions="alibi")
+    rng = np.random.default_rng(1)
+    q, k, v = normal(rng, (B, T, H, E)), normal(rng, (B, T, K, E)), normal(rng, (B, T, K, E))
+    monkeypatch.setattr(attention_module, "IMPLEMENTATION", "einsum")
+
+    def loss_and_grads():
+        loss = lambda q, k, v: jnp.sum(jnp.sin(attend(q, k, v, q_offset=0, kv_length=T, cfg=cfg)))
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
+
+    assert len(attention_module.causal_blocks(T, T, q_offset=0, kv_length=T)) == 2
+    blocked = loss_and_grads()
+    monkeypatch.setattr(attention_module, "CAUSAL_BLOCKS_MAX", 1)
+    whole = loss_and_grads()
+    for a, b in zip(jax.tree.leaves(blocked), jax.tree.leaves(whole)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("chunk", [3, 16])

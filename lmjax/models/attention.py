@@ -102,6 +102,43 @@ def softmax_attention(q_BTHD, k_BSKD, v_BSKD, *, q_offset, kv_length, cfg: Model
     if impl != "einsum":
         return _dot_product_attention(q_BTHD, k_BSKD, v_BSKD, q_offset=q_offset,
                                       kv_length=kv_length, cfg=cfg, implementation=impl)
+    T, S = q_BTHD.shape[1], k_BSKD.shape[1]
+    mask_TS = attention_mask(T, S, q_offset=q_offset, kv_length=kv_length, window=cfg.window)
+    bias_HTS = (alibi_bias(q_BTHD.shape[2], T, S, q_offset=q_offset)
+                if cfg.positions == "alibi" else None)
+    outs = [_einsum_attention(q_BTHD[:, t0:t1], k_BSKD[:, :s1], v_BSKD[:, :s1], mask_TS[t0:t1, :s1],
+                              None if bias_HTS is None else bias_HTS[:, t0:t1, :s1])
+            for t0, t1, s1 in causal_blocks(T, S, q_offset=q_offset, kv_length=kv_length)]
+    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+
+
+# Causal blocks: a whole sequence's queries split into up to CAUSAL_BLOCKS_MAX row blocks of at
+# least CAUSAL_BLOCK_ROWS, each scored only against the keys up to its last row (the keys after it
+# are masked anyway), which skips up to ~half of the score matrix exactly. Measured on the 2-core
+# CPU, forward + backward of the core: B=64 T=256 H=6 D=64 421 -> 251 ms (2 blocks), B=8 T=1024
+# H=12 D=64 1185 -> 745 ms (4 blocks); at T=64 splitting was no faster, so short sequences stay whole.
+CAUSAL_BLOCK_ROWS = 128
+CAUSAL_BLOCKS_MAX = 4
+
+
+def whole_sequence(T: int, S: int, q_offset, kv_length) -> bool:
+    """Self-attention over a whole sequence (training, eval, prefill at 0), not against a cache."""
+    return (isinstance(q_offset, int) and q_offset == 0 and isinstance(kv_length, int)
+            and kv_length == S == T)
+
+
+def causal_blocks(T: int, S: int, *, q_offset, kv_length) -> list[tuple[int, int, int]]:
+    """(first query row, end query row, keys used) per block: [(0, T, S)] unless this is causal
+    self-attention over a whole sequence of at least 2 * CAUSAL_BLOCK_ROWS tokens."""
+    whole = whole_sequence(T, S, q_offset, kv_length)
+    n = min(CAUSAL_BLOCKS_MAX, T // CAUSAL_BLOCK_ROWS) if whole else 1
+    if n < 2:
+        return [(0, T, S)]
+    ends = [T * (i + 1) // n for i in range(n)]
+    return [(T * i // n, end, end) for i, end in enumerate(ends)]
+
+
+def _einsum_attention(q_BTHD, k_BSKD, v_BSKD, mask_TS, bias_HTS):
     B, T, H, D = q_BTHD.shape
     S, K = k_BSKD.shape[1], k_BSKD.shape[2]
     # Head-major operands, so each (batch, head) dot reads contiguous [T, D] / [S, D] blocks:
@@ -112,9 +149,8 @@ def softmax_attention(q_BTHD, k_BSKD, v_BSKD, *, q_offset, kv_length, cfg: Model
     scores_BKGTS = jnp.einsum(
         "bkgtd,bksd->bkgts", q_BKGTD, k_BKSD, preferred_element_type=jnp.float32
     ) * D**-0.5
-    if cfg.positions == "alibi":
-        scores_BKGTS += alibi_bias(H, T, S, q_offset=q_offset).reshape(1, K, H // K, T, S)
-    mask_TS = attention_mask(T, S, q_offset=q_offset, kv_length=kv_length, window=cfg.window)
+    if bias_HTS is not None:
+        scores_BKGTS += bias_HTS.reshape(1, K, H // K, T, S)
     scores_BKGTS = jnp.where(mask_TS, scores_BKGTS, MASK_VALUE)
     probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(v_BSKD.dtype)
     out_BKGTD = jnp.einsum("bkgts,bksd->bkgtd", probs_BKGTS, v_BKSD)
@@ -129,9 +165,7 @@ def _dot_product_attention(q_BTHD, k_BSKD, v_BSKD, *, q_offset, kv_length, cfg: 
     # float32, as XLA adds it to float32 logits (cuDNN below wants the input dtype).
     bias_1HTS = alibi_bias(H, T, S, q_offset=q_offset)[None] if cfg.positions == "alibi" else None
     # Self-attention over a whole sequence: the built-in (top-left aligned) causal mask is right.
-    whole = (isinstance(q_offset, int) and q_offset == 0 and isinstance(kv_length, int)
-             and kv_length == S == T)
-    if whole:
+    if whole_sequence(T, S, q_offset, kv_length):
         if implementation == "cudnn" and bias_1HTS is not None:
             bias_1HTS = bias_1HTS.astype(q_BTHD.dtype)
         return jax.nn.dot_product_attention(
