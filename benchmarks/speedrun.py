@@ -51,12 +51,14 @@ def run_once(config: str, overrides: list[str], workdir: Path) -> dict:
             "time_to_first_step_s": final["time_to_first_step"], "train_wall_s": final["wall_time"]}
 
 
-def append(path: Path, row: str) -> None:
+def append(path: Path, row: str, title: str = TABLE_TITLE, header: str = TABLE_HEADER) -> None:
+    """Add `row` at the end of the table under the section `title`, creating the section (title,
+    then `header`: notes and the table's header rows) at the end of the file if it is missing."""
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if TABLE_TITLE not in text:
-        text = text.rstrip("\n") + f"\n\n{TABLE_TITLE}\n\n{TABLE_HEADER}"
+    if title not in text:
+        text = text.rstrip("\n") + f"\n\n{title}\n\n{header}"
     lines = text.splitlines()
-    at = lines.index(TABLE_TITLE)
+    at = lines.index(title)
     while not lines[at].startswith("|---"):
         at += 1
     while at + 1 < len(lines) and lines[at + 1].startswith("|"):

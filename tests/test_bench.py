@@ -183,3 +183,29 @@ def test_speedrun_smoke(tmp_path):
     speedrun.main(["--append_records", str(record), "--label", "again", "--results_md", str(md)])
     rows = [line for line in md.read_text().splitlines() if line.startswith("| 20")]
     assert [r.split(" | ")[2] for r in rows] == ["smoke", "again"]
+
+
+def test_vs_nanogpt_rounds_and_row(tmp_path, monkeypatch):
+    """The same-hour comparison: a real (tiny) harness run per round against a stand-in for the
+    PyTorch reference that answers 12 ms, or 6 ms under lmjax's GLIBC_TUNABLES; ratio = theirs /
+    ours, one row in its own section (no timing asserted about lmjax)."""
+    from benchmarks import vs_nanogpt
+
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\nif [ -n "$GLIBC_TUNABLES" ]; then echo \'{"step_ms_median": 6.0}\';'
+                    ' else echo \'{"step_ms_median": 12.0}\'; fi\n')
+    fake.chmod(0o755)
+    tiny = ["--config", "configs/shakespeare_char.py", "--config.model.num_layers=1",
+            "--config.model.width=32", "--config.train.batch_size=8", "--config.train.seq_len=16",
+            "--steps", "3", "--warmup", "1"]
+    monkeypatch.setitem(vs_nanogpt.SHAPES, "baby", (tiny, []))
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Benchmark results\n")
+    rec = vs_nanogpt.main(["--rounds", "1", "--torch_python", str(fake), "--torch_hugepages",
+                           "--results_md", str(md), "--out", str(tmp_path / "out")])
+    (r,) = rec["rounds"]
+    assert r["torch_ms"] == 12.0 and r["torch_hugepages_ms"] == 6.0 and r["lmjax_ms"] > 0
+    assert rec["ratio"] == pytest.approx(12.0 / r["lmjax_ms"])
+    text = md.read_text()
+    assert vs_nanogpt.TABLE_TITLE in text and text.count("| baby |") == 1
+    assert f"**{rec['ratio']:.2f}x**" in text and len(list((tmp_path / "out").iterdir())) == 1
