@@ -38,15 +38,22 @@ full-split evaluation, last checkpoint), median of the runs listed; written by
 """
 
 
+def run_json(cmd: list[str], env: dict | None = None) -> dict:
+    """Run `cmd` in the repository and return the JSON object on its last stdout line; exit with
+    its last stderr line if it fails."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd[:3])} failed ({proc.returncode}): "
+                 f"{proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def run_once(config: str, overrides: list[str], workdir: Path) -> dict:
     cmd = [sys.executable, "-m", "lmjax.cli.main", "train", f"--config={config}", *overrides,
            f"--workdir={workdir}", "--noprogress", "--config.sample.prompt="]
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    final = run_json(cmd)
     wall = time.perf_counter() - t
-    if proc.returncode != 0:
-        sys.exit(f"error: run failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
-    final = json.loads(proc.stdout.strip().splitlines()[-1])
     return {"wall_s": wall, "val_loss": final["val_loss"], "steps": final["step"],
             "time_to_first_step_s": final["time_to_first_step"], "train_wall_s": final["wall_time"]}
 

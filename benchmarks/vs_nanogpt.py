@@ -19,12 +19,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.speedrun import REPO, append
+from benchmarks.speedrun import REPO, append, run_json
 from lmjax.training.hugepages import TUNABLE
 
 TABLE_TITLE = "## CPU throughput against nanoGPT, same hour"
@@ -49,17 +48,9 @@ SHAPES = {  # harness arguments, reference arguments
 }
 
 
-def _run_json(cmd: list[str], env: dict) -> dict:
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
-    if proc.returncode != 0:
-        sys.exit(f"error: {' '.join(cmd[:3])} failed ({proc.returncode}): "
-                 f"{proc.stderr.strip().splitlines()[-1:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def lmjax_ms(shape: str) -> float:
     with tempfile.TemporaryDirectory(prefix="lmjax-vs-") as tmp:
-        rec = _run_json([sys.executable, "-m", "benchmarks.harness", *SHAPES[shape][0],
+        rec = run_json([sys.executable, "-m", "benchmarks.harness", *SHAPES[shape][0],
                          "--sample_tokens", "0", "--nodata_iterator", "--no_append", "--out", tmp],
                         dict(os.environ))
     return rec["figures"]["step_time_s"]["median"] * 1e3
@@ -69,7 +60,7 @@ def torch_ms(shape: str, python: str, hugepages: bool) -> float:
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     if hugepages:
         env["GLIBC_TUNABLES"] = TUNABLE
-    return _run_json([python, "benchmarks/nanogpt_reference.py", *SHAPES[shape][1]], env)["step_ms_median"]
+    return run_json([python, "benchmarks/nanogpt_reference.py", *SHAPES[shape][1]], env)["step_ms_median"]
 
 
 def main(argv=None) -> dict:

@@ -134,8 +134,7 @@ def causal_blocks(T: int, S: int, *, q_offset, kv_length) -> list[tuple[int, int
     n = min(CAUSAL_BLOCKS_MAX, T // CAUSAL_BLOCK_ROWS) if whole else 1
     if n < 2:
         return [(0, T, S)]
-    ends = [T * (i + 1) // n for i in range(n)]
-    return [(T * i // n, end, end) for i, end in enumerate(ends)]
+    return [(T * i // n, T * (i + 1) // n, T * (i + 1) // n) for i in range(n)]
 
 
 def _einsum_attention(q_BTHD, k_BSKD, v_BSKD, mask_TS, bias_HTS):
