@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.speedrun import REPO, append, run_json
-from lmjax.training.hugepages import TUNABLE
+from lmjax.training.hugepages import TUNABLES
 
 TABLE_TITLE = "## CPU throughput against nanoGPT, same hour"
 TABLE_HEADER = """\
@@ -59,7 +59,7 @@ def lmjax_ms(shape: str) -> float:
 def torch_ms(shape: str, python: str, hugepages: bool) -> float:
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     if hugepages:
-        env["GLIBC_TUNABLES"] = TUNABLE
+        env["GLIBC_TUNABLES"] = ":".join(TUNABLES)
     return run_json([python, "benchmarks/nanogpt_reference.py", *SHAPES[shape][1]], env)["step_ms_median"]
 
 
