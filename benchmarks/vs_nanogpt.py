@@ -3,7 +3,7 @@
     python -m benchmarks.vs_nanogpt --shape baby --rounds 3 [--torch_python /tmp/torchvenv/bin/python]
     python -m benchmarks.vs_nanogpt --shape default --rounds 2 --torch_hugepages
 
-Each round runs the harness (`benchmarks.harness`, as `lmjax` runs: its XLA flags and huge pages)
+Each round runs the harness (`benchmarks.harness`, as `lmjax` runs: its XLA flags and malloc tunables)
 and then `benchmarks/nanogpt_reference.py` in the torch venv, each in a fresh process, so a drift
 of the host's speed hits both sides alike. With --torch_hugepages each round also runs PyTorch
 under the same `GLIBC_TUNABLES` lmjax gives itself, so no one can say lmjax won on the allocator.
@@ -32,7 +32,9 @@ Rounds of `python -m benchmarks.vs_nanogpt` (see benchmarks/README.md): each rou
 of lmjax (synthetic batches, as `lmjax train` runs) and one of nanoGPT's PyTorch step
 (`benchmarks/nanogpt_reference.py`, PyTorch CPU eager, float32, 2 threads), back to back. ms are
 medians of the timed steps per round; **ratio** = median nanoGPT ms / median lmjax ms (> 1: lmjax
-faster). Goal: >= 1.3 on the baby shape, >= 1.15 on the default shape.
+faster). Goal: >= 1.3 on the baby shape, >= 1.15 on the default shape. The "+ huge pages" column runs
+PyTorch under lmjax's own GLIBC_TUNABLES: huge pages only until 08:15, huge pages and freed memory
+kept from 10:55 on.
 
 | date | shape | lmjax ms per round | nanoGPT ms per round | nanoGPT + huge pages ms | ratio | ratio vs nanoGPT + huge pages |
 |---|---|---|---|---|---|---|

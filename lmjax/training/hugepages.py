@@ -10,7 +10,7 @@ Two sets of tunables, measured on the 2-core VM (benchmarks/RESULTS.md, "CPU lev
 - KEEP_FREED: one arena, no mmap, no trimming, so freed blocks stay mapped and the next step
   reuses them. One arena because glibc serves a block too big for a thread's arena with a fresh
   mmap whatever mmap_max says. Default shape: page faults per step 3,400-6,000 -> 0, system time
-  1.7-2.3 -> 0.15-0.17 s, step 9.3 / 9.9 / 9.6 -> 9.1 / 8.4 / 8.8 s (runs alternated); baby:
+  1.7-2.3 -> 0.09-0.19 s, step 9.3 / 9.9 / 9.6 -> 9.1 / 8.4 / 8.8 s (runs alternated); baby:
   100-600 -> 0 faults, 7-14 -> 2-4 ms of system time, step 44.1 / 41.9 -> 41.0 / 40.6 ms.
   (With several arenas the baby step was 3-7 ms faster still, but the default shape's 4.2 GB
   block went back to a fresh mmap per step.) The cost: the process keeps its peak heap until it
@@ -63,7 +63,7 @@ def hugepage_environ(environ=None, glibc=None, thp_mode=None) -> dict | None:
             or glibc < (2, 26)):  # tunables came with 2.26
         return None
     thp_mode = _thp_mode() if thp_mode is None else thp_mode
-    wanted = (TUNABLES if glibc >= (2, 35) and thp_mode == "madvise" else KEEP_FREED)
+    wanted = TUNABLES if glibc >= (2, 35) and thp_mode == "madvise" else KEEP_FREED
     named = {t.split("=")[0] for t in tunables.split(":") if t}
     add = [t for t in wanted if t.split("=")[0] not in named]
     if not add:
