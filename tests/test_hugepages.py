@@ -50,15 +50,17 @@ def test_reexec_keeps_arguments_and_sets_the_variable():
 
 
 FAULTS = """
-import json, resource, jax, jax.numpy as jnp
+import json, resource, statistics, jax, jax.numpy as jnp
 f = jax.jit(lambda x: x * 2.0 + 1.0)
 x = jnp.ones((4096, 4096), jnp.float32)  # 64 MiB: above glibc's largest mmap threshold
 for _ in range(10):  # until the heap has grown to its steady size
     f(x).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
+faults = []
+for _ in range(20):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(x).block_until_ready()  # a fresh 64 MiB output each call, freed at once
-print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps(statistics.median(faults)))
 """
 
 
@@ -68,6 +70,8 @@ def test_freed_memory_is_reused_without_page_faults():
         env = {**_clean_env(), "JAX_PLATFORMS": "cpu", **({"GLIBC_TUNABLES": tunables} if tunables else {})}
         return json.loads(subprocess.run([sys.executable, "-c", FAULTS], env=env, check=True,
                                          capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    # The median call: on a loaded machine the runtime may now and then free an output only after
+    # the next call's is allocated, and the heap grows once more (one call faults; CI saw 1 in 10).
     plain, kept = faults_per_call(""), faults_per_call(":".join(KEEP_FREED))
     assert plain > 1000  # 64 MiB of 4 KiB pages faulted in again on every call
     assert kept < 50, (plain, kept)
