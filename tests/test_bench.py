@@ -185,6 +185,23 @@ def test_speedrun_smoke(tmp_path):
     assert [r.split(" | ")[2] for r in rows] == ["smoke", "again"]
 
 
+def test_second_start_smoke(tmp_path, monkeypatch):
+    """Starts `lmjax train` twice (the first fills a fresh cache), stops each at its first step,
+    and appends one row (no timing asserted)."""
+    from benchmarks import second_start
+
+    monkeypatch.setenv("LMJAX_CACHE_DIR", str(tmp_path / "cache"))
+    md = tmp_path / "RESULTS.md"
+    rec = second_start.main([
+        "--config", "configs/speedrun_cpu.py", "--repeats", "1", "--label", "smoke",
+        "--results_md", str(md), "--out", str(tmp_path / "out"), "--config.model.width=32",
+        "--config.train.batch_size=8"])
+    (start,) = rec["starts"]
+    assert 0 < start["time_to_first_step_s"] < start["launch_to_first_step_s"]  # train() is inside
+    assert any((tmp_path / "cache" / "xla").glob("jit_train_step-*"))
+    assert second_start.TABLE_TITLE in md.read_text() and md.read_text().count("| smoke |") == 1
+
+
 def test_vs_nanogpt_rounds_and_row(tmp_path, monkeypatch):
     """The same-hour comparison: a real (tiny) harness run per round against a stand-in for the
     PyTorch reference that answers 12 ms, or 6 ms under lmjax's GLIBC_TUNABLES; ratio = theirs /

@@ -132,3 +132,11 @@ def test_second_start_compiles_nothing(tmp_path):
     assert second["loss"] == first["loss"] and second["val_loss"] == first["val_loss"]
     train("c", LMJAX_CACHE_DIR=str(tmp_path / "off"), LMJAX_COMPILE_CACHE="0")
     assert not (tmp_path / "off" / "xla").exists()
+
+
+def test_console_script_reexecutes_before_heavy_imports():
+    # The `lmjax` script's first process only decides on the malloc tunables and re-executes:
+    # importing its entry module must not load the libraries the second process loads anyway.
+    code = "import sys, lmjax.cli; print(sorted({'jax', 'absl', 'ml_collections', 'numpy'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]"

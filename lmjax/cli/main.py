@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -184,25 +183,7 @@ def guarded(fn, *, verbose: bool) -> int:
         return 130
 
 
-def entry() -> None:
-    """Console script. After an error, leave without interpreter teardown: a failed
-    asynchronous save leaves orbax threads that would print tracebacks on the way out."""
-    from lmjax.training.hugepages import reexec_with_hugepages
-
-    # A command-line process only: library users opt in themselves.
-    reexec_with_hugepages()  # first: glibc reads its tunables at process start, JAX not loaded yet
-    from lmjax.training.compile_cache import enable_compilation_cache
-    from lmjax.training.xla_flags import add_default_xla_flags
-
-    add_default_xla_flags()  # before any JAX backend starts
-    enable_compilation_cache()
-    code = main()
-    if code:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
-
-
 if __name__ == "__main__":
+    from lmjax.cli import entry
+
     entry()

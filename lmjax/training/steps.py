@@ -66,12 +66,14 @@ def make_setup(config, *, vocab_size: int, mesh: Mesh) -> Setup:
     optimizer = make_optimizer(config.train)
     dummy = jnp.zeros((1, min(config.train.seq_len, 8)), jnp.int32)
 
+    @jax.jit  # traced once: eval_shape below and init_state's trace share it (~0.1 s a start)
     def init_boxed(rng):
         params = model.init(rng, dummy)["params"]  # nn.LogicallyPartitioned leaves
         return TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=optimizer.init(params))
 
+    rng = jax.random.key(0)  # made outside the mesh context, as init_state's caller makes it
     with mesh_context(mesh):
-        boxed = jax.eval_shape(init_boxed, jax.random.key(0))
+        boxed = jax.eval_shape(init_boxed, rng)
     # Outside the rules context: there, unboxing would add sharding constraints.
     shardings = sharding.tree_shardings(mesh, boxed)
     abstract = jax.tree.map(
