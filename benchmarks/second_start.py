@@ -15,10 +15,8 @@ benchmarks/RESULTS.md and writes a JSON record under benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -27,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.speedrun import REPO, append
+from benchmarks.speedrun import REPO, save_record
 
 TABLE_TITLE = "## Second start: launch to first step with the compilation cache warm"
 TABLE_HEADER = """\
@@ -92,20 +90,11 @@ def main(argv=None) -> dict:
                   f"{s['launch_to_first_step_s']:.2f} s", file=sys.stderr)
             if i:
                 starts.append(s)
-    now = dt.datetime.now(dt.timezone.utc)
-    rec = {"date": now.isoformat(timespec="seconds").replace("+00:00", "Z"), "config": args.config,
-           "overrides": overrides, "label": args.label, "starts": starts,
-           "median_launch_to_first_step_s": statistics.median(s["launch_to_first_step_s"] for s in starts),
-           "median_time_to_first_step_s": statistics.median(s["time_to_first_step_s"] for s in starts),
-           "host": {"cpu_count": os.cpu_count(), "machine": platform.machine(),
-                    "load_avg_1m_start": load, "load_avg_1m_end": os.getloadavg()[0]}}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{now.strftime('%Y%m%dT%H%M%SZ')}-second-start.json").write_text(json.dumps(rec, indent=2) + "\n")
-    if not args.no_append:
-        append(Path(args.results_md), row(rec), TABLE_TITLE, TABLE_HEADER)
-    print(json.dumps(rec))
-    return rec
+    return save_record(
+        {"config": args.config, "overrides": overrides, "label": args.label, "starts": starts,
+         "median_launch_to_first_step_s": statistics.median(s["launch_to_first_step_s"] for s in starts),
+         "median_time_to_first_step_s": statistics.median(s["time_to_first_step_s"] for s in starts)},
+        "second-start", args, load, row, TABLE_TITLE, TABLE_HEADER)
 
 
 def row(rec: dict) -> str:

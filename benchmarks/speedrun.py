@@ -105,18 +105,24 @@ def main(argv=None) -> dict:
                   f"{runs[-1]['val_loss']:.4f}", file=sys.stderr)
     walls = [r["wall_s"] for r in runs]
     losses = [r["val_loss"] for r in runs]
+    return save_record({"config": args.config, "overrides": overrides, "label": args.label, "runs": runs,
+                        "median_wall_s": statistics.median(walls), "target": args.target,
+                        "target_met": max(losses) <= args.target}, "speedrun", args, load, row)
+
+
+def save_record(fields: dict, kind: str, args, load: float, row_of, title: str = TABLE_TITLE,
+                header: str = TABLE_HEADER) -> dict:
+    """Date and host added to `fields`: written to <args.out>/<date>-<kind>.json, its row appended to
+    the table under `title` in args.results_md (unless args.no_append), and printed."""
     now = dt.datetime.now(dt.timezone.utc)
-    rec = {"date": now.isoformat(timespec="seconds").replace("+00:00", "Z"), "config": args.config,
-           "overrides": overrides, "label": args.label, "runs": runs,
-           "median_wall_s": statistics.median(walls), "target": args.target,
-           "target_met": max(losses) <= args.target,
+    rec = {"date": now.isoformat(timespec="seconds").replace("+00:00", "Z"), **fields,
            "host": {"cpu_count": os.cpu_count(), "machine": platform.machine(),
                     "load_avg_1m_start": load, "load_avg_1m_end": os.getloadavg()[0]}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{now.strftime('%Y%m%dT%H%M%SZ')}-speedrun.json").write_text(json.dumps(rec, indent=2) + "\n")
+    (out / f"{now.strftime('%Y%m%dT%H%M%SZ')}-{kind}.json").write_text(json.dumps(rec, indent=2) + "\n")
     if not args.no_append:
-        append(Path(args.results_md), row(rec))
+        append(Path(args.results_md), row_of(rec), title, header)
     print(json.dumps(rec))
     return rec
 
