@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.speedrun import REPO, save_record
+from benchmarks.speedrun import REPO, lmjax_command, save_record
 
 TABLE_TITLE = "## Second start: launch to first step with the compilation cache warm"
 TABLE_HEADER = """\
@@ -39,14 +39,8 @@ Goal (issue 5): <= 2 s.
 """
 
 
-def command() -> list[str]:
-    """The console script beside this interpreter (what `lmjax` runs), or its two-line equivalent."""
-    script = Path(sys.executable).parent / "lmjax"
-    return [str(script)] if script.exists() else [sys.executable, "-c", "from lmjax.cli import entry; entry()"]
-
-
 def start_once(config: str, overrides: list[str], workdir: Path, timeout: float = 600) -> dict:
-    cmd = [*command(), "train", f"--config={config}", *overrides, f"--workdir={workdir}",
+    cmd = [*lmjax_command(), "train", f"--config={config}", *overrides, f"--workdir={workdir}",
            "--noprogress", "--config.sample.prompt="]
     metrics = workdir / "metrics.jsonl"
     t = time.perf_counter()

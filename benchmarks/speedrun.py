@@ -3,7 +3,7 @@
     python -m benchmarks.speedrun --config configs/speedrun_cpu.py [--config.KEY=VAL ...]
         [--repeats 3] [--label "what this row changes"] [--target 1.88] [--no_append]
 
-Runs `python -m lmjax.cli.main train` `--repeats` times as a user would (a fresh workdir each
+Runs `lmjax train` (the console script) `--repeats` times as a user would (a fresh workdir each
 time, the user's compilation cache as it is), timing each process from launch to exit: imports,
 data loading, compile, training, the final evaluation and the last checkpoint are all inside.
 The run's own last line of JSON gives its validation loss (full split when the config sets
@@ -48,8 +48,14 @@ def run_json(cmd: list[str], env: dict | None = None) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def lmjax_command() -> list[str]:
+    """The `lmjax` console script beside this interpreter, as a user runs it, or its equivalent."""
+    script = Path(sys.executable).parent / "lmjax"
+    return [str(script)] if script.exists() else [sys.executable, "-c", "from lmjax.cli import entry; entry()"]
+
+
 def run_once(config: str, overrides: list[str], workdir: Path) -> dict:
-    cmd = [sys.executable, "-m", "lmjax.cli.main", "train", f"--config={config}", *overrides,
+    cmd = [*lmjax_command(), "train", f"--config={config}", *overrides,
            f"--workdir={workdir}", "--noprogress", "--config.sample.prompt="]
     t = time.perf_counter()
     final = run_json(cmd)
