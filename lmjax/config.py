@@ -85,6 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.b2 = 0.95
     c.train.grad_clip = 1.0  # global-norm clipping; 0 disables
     c.train.grad_accum = 1  # micro-batches per step
+    # > 0: the training loss computes logits this many positions at a time and recomputes them in
+    # the backward, so the [batch, seq_len, vocab] float32 logits are never stored whole.
+    c.train.loss_chunk = 0
     c.train.log_every = 10
     c.train.eval_every = 250
     c.train.eval_batches = 16  # 0: the whole validation split
@@ -190,6 +193,11 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError(f"rotary positions need an even head dim, got {m.width // m.num_heads}")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"config.model.dropout must be in [0, 1), got {m.dropout}")
+    if t.loss_chunk < 0 or (t.loss_chunk and t.seq_len % t.loss_chunk):
+        raise ConfigError(
+            f"config.train.loss_chunk={t.loss_chunk} must be 0 (off) or divide "
+            f"config.train.seq_len={t.seq_len}; pick one of {_divisors(t.seq_len)}"
+        )
     if t.batch_size % t.grad_accum:
         raise ConfigError(
             f"config.train.grad_accum={t.grad_accum} does not divide config.train.batch_size={t.batch_size}"

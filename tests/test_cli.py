@@ -78,6 +78,7 @@ def test_sample_several_prompts(trained, capsys):
     (["--config.model.num_heads=3"], "does not divide config.model.width"),
     (["--config.model.num_kv_heads=3"], "config.model.num_kv_heads=3 does not divide"),
     (["--config.model.attention=flash"], "config.model.attention='flash' is not one of"),
+    (["--config.train.loss_chunk=5"], "config.train.loss_chunk=5 must be 0 (off) or divide"),
     (["--config.mesh.data=3"], "does not match the 8 available devices"),
     (["--config.train.batch_size=12", "--config.mesh.data=8"], "not divisible by the 8 data-parallel"),
     (["--config.data.corpus=/no/such/corpus.txt"], "matched no files"),

@@ -92,6 +92,64 @@ def test_grad_accumulation_matches_full_batch(tmp_path):
     np.testing.assert_allclose(losses(tmp_path / "accum"), losses(tmp_path / "full"), rtol=1e-5)
 
 
+def test_chunked_loss_matches_whole_logits_sharded(one_device_run, tmp_path):
+    # config.train.loss_chunk: logits 8 positions at a time, on a (2, 2, 2) mesh, with dropout.
+    c = tiny_config(loss_chunk=8)
+    c.mesh.update(mesh(2, 2, 2))
+    train(c, tmp_path, progress=False)
+    np.testing.assert_allclose(losses(tmp_path), losses(one_device_run), rtol=SHARDED_RTOL)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_chunked_cross_entropy_gradients(tied):
+    import jax.numpy as jnp
+
+    from lmjax.config import resolve
+    from lmjax.models import ModelConfig, Transformer, unboxed, unembedding_VD
+    from lmjax.training.steps import chunked_cross_entropy, cross_entropy
+
+    c = base_config()
+    c.model.num_layers, c.model.num_heads, c.model.width, c.model.tie_embeddings = 2, 2, 32, tied
+    model = Transformer(ModelConfig.from_config(resolve(c).model, vocab_size=300, max_len=64))
+    rng = np.random.default_rng(0)
+    x_BL, t_BL = (jnp.asarray(rng.integers(0, 300, (4, 64)), jnp.int32) for _ in range(2))
+    params = unboxed(model.init(jax.random.key(0), x_BL)["params"])
+
+    def whole(p):
+        return cross_entropy(model.apply({"params": p}, x_BL), t_BL)[0]
+
+    def chunked(p):
+        hidden_BLD = model.apply({"params": p}, x_BL, logits=False)
+        return chunked_cross_entropy(hidden_BLD, unembedding_VD(model.cfg, p), t_BL, 16)[0]
+
+    (loss, grads), (loss_c, grads_c) = jax.value_and_grad(whole)(params), jax.value_and_grad(chunked)(params)
+    np.testing.assert_allclose(loss_c, loss, rtol=1e-6)
+    for g, g_c in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_c)):
+        np.testing.assert_allclose(g_c, g, rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_loss_never_holds_the_whole_logits():
+    # XLA's buffer plan for the step: [8, 128, 4096] float32 logits are 16 MiB, and the whole-logits
+    # step holds them, their softmax and their gradient at once (measured 49.3 vs 23.4 MiB).
+    from lmjax.config import resolve
+    from lmjax.training import sharding
+    from lmjax.training.steps import make_setup, mesh_context
+
+    temp = {}
+    for chunk in (0, 16):
+        c = base_config()
+        c.model.num_layers, c.model.num_heads, c.model.width = 2, 2, 64
+        c.train.seq_len, c.train.batch_size, c.train.loss_chunk = 128, 8, chunk
+        c = resolve(c)
+        m = sharding.make_mesh(c.mesh, jax.devices()[:1])
+        setup = make_setup(c, vocab_size=4096, mesh=m)
+        batch = jax.ShapeDtypeStruct((8, 129), np.int32, sharding=sharding.batch_sharding(m))
+        with mesh_context(m):
+            compiled = setup.jit_train_step.lower(setup.abstract_state, batch).compile()
+        temp[chunk] = compiled.memory_analysis().temp_size_in_bytes
+    assert temp[0] - temp[16] > 16 * 2**20, temp
+
+
 def test_workdir_check_treats_keys_added_later_as_defaults(tmp_path):
     from lmjax.errors import ConfigError
     from lmjax.training.loop import check_workdir

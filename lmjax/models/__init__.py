@@ -19,11 +19,12 @@ from lmjax.models.transformer import (
     init_params,
     param_count,
     unboxed,
+    unembedding_VD,
 )
 
 __all__ = [
     "ATTENTION", "ModelConfig", "Transformer", "alibi_slopes", "attend", "attention_flops_per_token",
     "attention_mask", "flops_per_token", "generate", "init_cache", "init_params",
     "linear_attention", "linear_attention_chunked", "param_count", "sample_logits",
-    "softmax_attention", "token_logprobs", "unboxed",
+    "softmax_attention", "token_logprobs", "unboxed", "unembedding_VD",
 ]

@@ -389,9 +389,11 @@ class Transformer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens_BL, *, train: bool = False, decode: bool = False):
+    def __call__(self, tokens_BL, *, train: bool = False, decode: bool = False, logits: bool = True):
         """float32 logits [B, L, V]. With decode=True (and mutable=['cache']) the tokens continue
-        the sequence in the cache: they sit at positions cache_index..cache_index+L."""
+        the sequence in the cache: they sit at positions cache_index..cache_index+L. With
+        logits=False, the final-normed hidden states [B, L, D] instead, for a loss that projects
+        them itself (`unembedding_VD`)."""
         cfg = self.cfg
         B, L = tokens_BL.shape
         offset = 0
@@ -421,6 +423,8 @@ class Transformer(nn.Module):
 
         x_BLD = run_blocks(cfg, x_BLD, rope, offset, train=train, decode=decode)
         x_BLD = _norm(cfg, "final_norm")(x_BLD)
+        if not logits:
+            return x_BLD
 
         if cfg.tie_embeddings:
             logits_BLV = jnp.einsum("bld,vd->blv", x_BLD, embed_VD.astype(cfg.compute_dtype),
@@ -430,6 +434,11 @@ class Transformer(nn.Module):
             logits_BLV = _dense(cfg, cfg.vocab_size, ("embed", "vocab"), "unembed",
                                 dot_general=f32_dot)(x_BLD)
         return nn.with_logical_constraint(logits_BLV.astype(jnp.float32), ("batch", "length", "vocab"))
+
+
+def unembedding_VD(cfg: ModelConfig, params) -> jax.Array:
+    """The output projection of `params` (unboxed) as [V, D]: the embedding when tied."""
+    return params["embedding"] if cfg.tie_embeddings else params["unembed"]["kernel"].T
 
 
 def unboxed(tree):
