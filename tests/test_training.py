@@ -100,6 +100,16 @@ def test_chunked_loss_matches_whole_logits_sharded(one_device_run, tmp_path):
     np.testing.assert_allclose(losses(tmp_path), losses(one_device_run), rtol=SHARDED_RTOL)
 
 
+def test_chunked_loss_with_bfloat16_and_accumulation(tmp_path):
+    # The GPU path: bfloat16 compute, micro-batches. Measured: losses within 2e-5 relative.
+    for chunk in (0, 8):
+        c = tiny_config(steps=4, grad_accum=2, loss_chunk=chunk)
+        c.model.dtype = "bfloat16"
+        c.mesh.update(mesh(1, 1, 1))
+        train(c, tmp_path / str(chunk), progress=False, devices=jax.devices()[:1])
+    np.testing.assert_allclose(losses(tmp_path / "8"), losses(tmp_path / "0"), rtol=2e-4)
+
+
 @pytest.mark.parametrize("tied", [True, False])
 def test_chunked_cross_entropy_gradients(tied):
     import jax.numpy as jnp
