@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.speedrun import REPO, lmjax_command, save_record
+from benchmarks.speedrun import REPO, add_record_flags, lmjax_command, parse_with_overrides, save_record
 
 TABLE_TITLE = "## Second start: launch to first step with the compilation cache warm"
 TABLE_HEADER = """\
@@ -43,13 +43,15 @@ def start_once(config: str, overrides: list[str], workdir: Path, timeout: float 
     cmd = [*lmjax_command(), "train", f"--config={config}", *overrides, f"--workdir={workdir}",
            "--noprogress", "--config.sample.prompt="]
     metrics = workdir / "metrics.jsonl"
+    stderr = tempfile.TemporaryFile("w+")  # a file, not a pipe nobody drains while we wait
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
     try:
         while not (metrics.exists() and metrics.stat().st_size > 0):
             if proc.poll() is not None:
+                stderr.seek(0)
                 sys.exit(f"error: lmjax train exited ({proc.returncode}) before its first step: "
-                         f"{proc.stderr.read().strip().splitlines()[-1:]}")
+                         f"{stderr.read().strip().splitlines()[-1:]}")
             if time.perf_counter() - t > timeout:
                 sys.exit(f"error: no first step after {timeout:.0f} s")
             time.sleep(0.005)
@@ -57,6 +59,7 @@ def start_once(config: str, overrides: list[str], workdir: Path, timeout: float 
     finally:
         proc.kill()
         proc.wait()
+        stderr.close()
     first = json.loads(metrics.read_text().splitlines()[0])
     return {"launch_to_first_step_s": wall, "time_to_first_step_s": first["time_to_first_step"]}
 
@@ -65,14 +68,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True)
     p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--label", default="")
-    p.add_argument("--no_append", action="store_true")
-    p.add_argument("--results_md", default=str(REPO / "benchmarks" / "RESULTS.md"))
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder of the JSON record")
-    args, overrides = p.parse_known_args(argv)
-    bad = [o for o in overrides if not o.startswith("--config.")]
-    if bad:
-        p.error(f"unknown arguments {bad}; config overrides look like --config.train.lr=3e-3")
+    add_record_flags(p)
+    args, overrides = parse_with_overrides(p, argv)
     load = os.getloadavg()[0]
     starts = []
     with tempfile.TemporaryDirectory(prefix="lmjax-second-start-") as tmp:

@@ -80,26 +80,37 @@ def append(path: Path, row: str, title: str = TABLE_TITLE, header: str = TABLE_H
     path.write_text("\n".join(lines) + "\n")
 
 
+def add_record_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of a benchmark that writes a JSON record and a RESULTS.md row (see save_record)."""
+    p.add_argument("--label", default="")
+    p.add_argument("--no_append", action="store_true")
+    p.add_argument("--results_md", default=str(REPO / "benchmarks" / "RESULTS.md"))
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder of the JSON record")
+
+
+def parse_with_overrides(p: argparse.ArgumentParser, argv) -> tuple[argparse.Namespace, list[str]]:
+    """The benchmark's own flags, and the --config.KEY=VAL overrides it passes to `lmjax train`."""
+    args, overrides = p.parse_known_args(argv)
+    bad = [o for o in overrides if not o.startswith("--config.")]
+    if bad:
+        p.error(f"unknown arguments {bad}; config overrides look like --config.train.lr=3e-3")
+    return args, overrides
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--label", default="")
     p.add_argument("--target", type=float, default=1.88)
-    p.add_argument("--no_append", action="store_true")
-    p.add_argument("--results_md", default=str(REPO / "benchmarks" / "RESULTS.md"))
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder of the JSON record")
+    add_record_flags(p)
     p.add_argument("--append_records", nargs="*", default=None, metavar="JSON",
                    help="only append rows for these earlier records (labels from --label, ';'-separated)")
-    args, overrides = p.parse_known_args(argv)
+    args, overrides = parse_with_overrides(p, argv)
     if args.append_records is not None:
         append_records(args.append_records, args.results_md, args.label.split(";") if args.label else [])
         return {}
     if not args.config:
         p.error("--config is required, e.g. --config configs/speedrun_cpu.py")
-    bad = [o for o in overrides if not o.startswith("--config.")]
-    if bad:
-        p.error(f"unknown arguments {bad}; config overrides look like --config.train.lr=3e-3")
     load = os.getloadavg()[0]
     if load > 1:
         print(f"[speedrun] warning: load average {load:.2f} > 1 on this host", file=sys.stderr)
