@@ -226,3 +226,19 @@ def test_vs_nanogpt_rounds_and_row(tmp_path, monkeypatch):
     text = md.read_text()
     assert vs_nanogpt.TABLE_TITLE in text and text.count("| baby |") == 1
     assert f"**{rec['ratio']:.2f}x**" in text and len(list((tmp_path / "out").iterdir())) == 1
+
+
+def test_attention_dots_rounds_and_gflops(tmp_path):
+    """The batched-dot micro-benchmark runs JAX in a fresh process per round and a stand-in for the
+    PyTorch side (100 us per dot); GFLOP/s = 2*B*H*T*T*D / time, and the record is written."""
+    from benchmarks import attention_dots
+
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho \'{"qk_us": 100.0, "pv_us": 100.0}\'\n')
+    fake.chmod(0o755)
+    rec = attention_dots.main(["--calls", "3", "--rounds", "1", "--torch_python", str(fake),
+                               "--out", str(tmp_path)])
+    (r,) = rec["rounds"]
+    assert r["jax"]["qk_us"] > 0 and r["jax"]["pv_us"] > 0 and r["torch"]["qk_us"] == 100.0
+    assert rec["gflops"]["torch_qk"] == pytest.approx(2 * 12 * 4 * 64 * 64 * 32 / 100.0 / 1e3, rel=1e-3)
+    assert len(list(tmp_path.glob("*-attention_dots-baby.json"))) == 1
