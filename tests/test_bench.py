@@ -230,15 +230,20 @@ def test_vs_nanogpt_rounds_and_row(tmp_path, monkeypatch):
 
 def test_attention_dots_rounds_and_gflops(tmp_path):
     """The batched-dot micro-benchmark runs JAX in a fresh process per round and a stand-in for the
-    PyTorch side (100 us per dot); GFLOP/s = 2*B*H*T*T*D / time, and the record is written."""
+    PyTorch side (100 us per dot); GFLOP/s = 2*B*H*T*T*D / time; the record and a row are written."""
     from benchmarks import attention_dots
 
     fake = tmp_path / "python"
     fake.write_text('#!/bin/sh\necho \'{"qk_us": 100.0, "pv_us": 100.0}\'\n')
     fake.chmod(0o755)
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Benchmark results\n")
     rec = attention_dots.main(["--calls", "3", "--rounds", "1", "--torch_python", str(fake),
-                               "--out", str(tmp_path)])
+                               "--out", str(tmp_path), "--results_md", str(md)])
     (r,) = rec["rounds"]
     assert r["jax"]["qk_us"] > 0 and r["jax"]["pv_us"] > 0 and r["torch"]["qk_us"] == 100.0
     assert rec["gflops"]["torch_qk"] == pytest.approx(2 * 12 * 4 * 64 * 64 * 32 / 100.0 / 1e3, rel=1e-3)
     assert len(list(tmp_path.glob("*-attention_dots-baby.json"))) == 1
+    text = md.read_text()
+    assert attention_dots.TABLE_TITLE in text and text.count("| baby (12, 4, 64, 32) |") == 1
+    assert "| 100.0 / 100.0 |" in text
