@@ -49,7 +49,7 @@ def _median_us(fn, calls: int) -> float:
 
 
 def time_jax(shape: tuple[int, ...], calls: int) -> dict[str, float]:
-    from lmjax.training.xla_flags import add_default_xla_flags
+    from lmjax.process.xla_flags import add_default_xla_flags
 
     add_default_xla_flags()  # before jax starts its backend, as the `lmjax` command does
     import jax

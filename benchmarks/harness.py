@@ -82,7 +82,7 @@ Columns:
   over the timed steps, after warm-up.
 - **tokens/s**: tokens/step / median step time.
 - **MFU**: model FLOP/s (`lmjax.models.flops_per_token` x tokens/s: 6N + 6VD + attention, no
-  remat recompute) over the device peak (`lmjax.training.hardware.peak_flops`: datasheet dense
+  remat recompute) over the device peak (`lmjax.process.hardware.peak_flops`: datasheet dense
   bf16 on accelerators; on CPU, the measured float32 2048^3 matmul rate of the machine).
 - **first step s**: make_mesh + make_setup + parameter init + first train step, compile included.
 - **peak mem**: peak device memory (`memory_stats()['peak_bytes_in_use']`), or `-` where the
@@ -316,7 +316,8 @@ def run_benchmark(config, *, steps: int, warmup: int, sample_tokens: int, device
     import numpy as np
 
     from lmjax.models import flops_per_token, generate, param_count
-    from lmjax.training import hardware, sharding
+    from lmjax.process import hardware
+from lmjax.training import sharding
     from lmjax.training.steps import make_setup
 
     # Before any compile, so a corpus that cannot be loaded fails the run at once.
@@ -508,7 +509,7 @@ def append_row(path: Path, row: str) -> None:
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark for the flags in `argv` (without the program name); returns the record."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    from lmjax.training.xla_flags import add_default_xla_flags
+    from lmjax.process.xla_flags import add_default_xla_flags
 
     add_default_xla_flags()  # as `lmjax train` runs (before the backend starts; no-op after)
     fv = parse(argv)
@@ -564,7 +565,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from lmjax.training.hugepages import reexec_with_hugepages
+    from lmjax.process.hugepages import reexec_with_hugepages
 
     reexec_with_hugepages()  # as the `lmjax` command does (a no-op under LMJAX_HUGEPAGES=0)
     try:

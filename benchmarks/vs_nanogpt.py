@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.speedrun import REPO, append, run_json
-from lmjax.training.hugepages import TUNABLES
+from lmjax.process.hugepages import TUNABLES
 
 TABLE_TITLE = "## CPU throughput against nanoGPT, same hour"
 TABLE_HEADER = """\

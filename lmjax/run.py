@@ -21,7 +21,7 @@ from lmjax.data import Tokenizer, prepare, tokenizer_from_json
 from lmjax.errors import CheckpointError
 from lmjax.models import ModelConfig, generate, token_logprobs
 from lmjax.training import sharding
-from lmjax.training.logging import read_metrics
+from lmjax.training.metrics import read_metrics
 
 
 class History(dict):

@@ -1,4 +1,4 @@
-"""Malloc tunables for lmjax's command-line processes (lmjax/training/hugepages.py)."""
+"""Malloc tunables for lmjax's command-line processes (lmjax/process/hugepages.py)."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from lmjax.training.hugepages import HUGEPAGES, KEEP_FREED, TUNABLES, hugepage_environ
+from lmjax.process.hugepages import HUGEPAGES, KEEP_FREED, TUNABLES, hugepage_environ
 
 MADVISE = dict(glibc=(2, 36), thp_mode="madvise")
 ALL = ":".join(TUNABLES)
@@ -38,7 +38,7 @@ def _clean_env():
 
 
 def test_reexec_keeps_arguments_and_sets_the_variable():
-    code = ("import os, sys; from lmjax.training.hugepages import reexec_with_hugepages; "
+    code = ("import os, sys; from lmjax.process.hugepages import reexec_with_hugepages; "
             "reexec_with_hugepages(); print(sys.argv[1:], os.environ.get('GLIBC_TUNABLES', ''))")
     env = _clean_env()
     out = subprocess.run([sys.executable, "-c", code, "a b", "--x=1"], env=env, check=True,

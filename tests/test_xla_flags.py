@@ -1,6 +1,6 @@
-"""The XLA flags lmjax's command-line processes add (lmjax/training/xla_flags.py)."""
+"""The XLA flags lmjax's command-line processes add (lmjax/process/xla_flags.py)."""
 
-from lmjax.training.xla_flags import DEFAULT_FLAGS, add_default_xla_flags
+from lmjax.process.xla_flags import DEFAULT_FLAGS, add_default_xla_flags
 
 YNN = DEFAULT_FLAGS[0]
 

@@ -21,7 +21,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from lmjax import config as config_lib
-from lmjax.cli import entry  # noqa: F401  (installs made before it moved name lmjax.cli.main:entry)
 from lmjax.errors import ConfigError, LmjaxError
 
 COMMANDS = ("train", "eval", "sample", "sweep", "report")
@@ -185,4 +184,6 @@ def guarded(fn, *, verbose: bool) -> int:
 
 
 if __name__ == "__main__":
+    from lmjax.cli import entry
+
     entry()

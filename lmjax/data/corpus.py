@@ -23,6 +23,7 @@ import os
 import sysconfig
 
 from lmjax.errors import DataError
+from lmjax.process.settings import Settings
 
 NAMED = ("stdlib", "tinyshakespeare")
 FILE_SEPARATOR = "\n"
@@ -107,7 +108,7 @@ def _find_files(name: str, data_dir: str) -> tuple[list[tuple[str, str]], str]:
     if name == "stdlib":
         return _stdlib_files(), "file"
     if name == "tinyshakespeare":
-        root = data_dir or os.environ.get("LMJAX_DATA_DIR", "")
+        root = data_dir or Settings.read().data_dir
         if not root:
             raise DataError(
                 "corpus 'tinyshakespeare' needs its data directory: set LMJAX_DATA_DIR "

@@ -26,6 +26,7 @@ import numpy as np
 from lmjax.data.corpus import corpus_fingerprint, load_corpus
 from lmjax.data.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_json
 from lmjax.errors import DataError
+from lmjax.process.settings import Settings
 
 FORMAT_VERSION = 1
 
@@ -43,8 +44,7 @@ class Dataset:
 
 def cache_root(data_cfg) -> str:
     """config.data.cache_dir, else $LMJAX_CACHE_DIR, else ~/.cache/lmjax."""
-    root = getattr(data_cfg, "cache_dir", "") or os.environ.get("LMJAX_CACHE_DIR", "") or "~/.cache/lmjax"
-    return os.path.expanduser(root)
+    return os.path.expanduser(getattr(data_cfg, "cache_dir", "") or str(Settings.read().cache_dir))
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

@@ -638,7 +638,7 @@ def flop_rate(mfu: float | None = None) -> tuple[float, float, str]:
     """(assumed FLOP/s of the whole machine, MFU, description)."""
     import jax
 
-    from lmjax.training import hardware
+    from lmjax.process import hardware
 
     devices = jax.devices()
     peak = hardware.peak_flops(devices)

@@ -20,8 +20,9 @@ from lmjax.checkpointing import Checkpointer
 from lmjax.data import Dataset, eval_batches, prepare, tokenizer_from_json, train_batch
 from lmjax.errors import CheckpointError, ConfigError, LmjaxError
 from lmjax.models import flops_per_token, param_count
-from lmjax.training import hardware, sharding
-from lmjax.training.logging import MetricsWriter
+from lmjax.process import hardware
+from lmjax.training import sharding
+from lmjax.training.metrics import MetricsWriter
 from lmjax.training.steps import Setup, make_setup
 
 # Config sections that fix the shapes of the parameters and of the token stream: a workdir's

@@ -13,18 +13,18 @@ from pathlib import Path
 
 import jax
 
-from lmjax.training.env import switched_off
-from lmjax.training.hardware import cache_dir
+from lmjax.process.settings import Settings
 
 
 def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path | None:
     """Point JAX's persistent cache at `directory` (default <cache dir>/xla); returns it, or None
     when LMJAX_COMPILE_CACHE turns it off."""
-    if switched_off("LMJAX_COMPILE_CACHE"):
+    settings = Settings.read()
+    if not settings.compile_cache:
         return None
     if jax.config.jax_compilation_cache_dir and directory is None:
         return Path(jax.config.jax_compilation_cache_dir)
-    path = Path(directory) if directory is not None else cache_dir() / "xla"
+    path = Path(directory) if directory is not None else settings.cache_dir / "xla"
     jax.config.update("jax_compilation_cache_dir", str(path))
     # JAX only stores programs that took >= 1 s to compile by default; on CPU most of a small
     # model's start-up is many sub-second compiles (init, train step, eval step).

@@ -29,13 +29,15 @@ from __future__ import annotations
 import os
 import sys
 
-from lmjax.training.env import switched_off
+from lmjax.process.settings import Settings
 
 HUGEPAGES = "glibc.malloc.hugetlb=1"
 KEEP_FREED = ("glibc.malloc.arena_max=1", "glibc.malloc.mmap_max=0",
               "glibc.malloc.trim_threshold=1099511627776")  # 1 TiB: never trim
 TUNABLES = (HUGEPAGES, *KEEP_FREED)
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
+# The one line a re-executing process prints on stderr (before the new image starts).
+ANNOUNCEMENT = "lmjax: re-executing with GLIBC_TUNABLES="
 
 
 def _glibc_version() -> tuple[int, int] | None:
@@ -59,7 +61,7 @@ def hugepage_environ(environ=None, glibc=None, thp_mode=None) -> dict | None:
     environ = dict(os.environ if environ is None else environ)
     tunables = environ.get("GLIBC_TUNABLES", "")
     glibc = _glibc_version() if glibc is None else glibc
-    if (switched_off("LMJAX_HUGEPAGES", environ) or sys.platform != "linux" or glibc is None
+    if (not Settings.read(environ).hugepages or sys.platform != "linux" or glibc is None
             or glibc < (2, 26)):  # tunables came with 2.26
         return None
     thp_mode = _thp_mode() if thp_mode is None else thp_mode
@@ -77,6 +79,8 @@ def reexec_with_hugepages() -> None:
     help; otherwise return. Call it first thing, before JAX or any thread starts."""
     environ = hugepage_environ()
     if environ is not None:
+        print(f"{ANNOUNCEMENT}{environ['GLIBC_TUNABLES']} (LMJAX_HUGEPAGES=0 skips this)",
+              file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
         # argv[0] as the full interpreter path: a bare 'python3' would be looked up on PATH again.

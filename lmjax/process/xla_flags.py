@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from lmjax.training.env import switched_off
+from lmjax.process.settings import Settings
 
 DEFAULT_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
 CHECKED_JAXLIB = ((0, 10), (0, 12))  # [first, last) minor versions known to accept the flags
@@ -31,7 +31,7 @@ def add_default_xla_flags(environ=None, jaxlib_version: tuple[int, int] | None =
     environ = os.environ if environ is None else environ
     flags = environ.get("XLA_FLAGS", "")
     version = jaxlib_version or _jaxlib_version()
-    if (switched_off("LMJAX_XLA_DEFAULTS", environ)
+    if (not Settings.read(environ).xla_defaults
             or not CHECKED_JAXLIB[0] <= version < CHECKED_JAXLIB[1]):
         return flags
     for flag in DEFAULT_FLAGS:

@@ -16,6 +16,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from lmjax.process.settings import Settings
+
 # Substring of jax's device_kind -> dense bf16 FLOP/s per chip. Order matters: first match wins.
 PEAK_FLOPS = (
     ("H200", 989e12),
@@ -35,10 +37,6 @@ PEAK_FLOPS = (
 )
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("LMJAX_CACHE_DIR") or Path.home() / ".cache" / "lmjax")
-
-
 def measure_cpu_matmul_flops(n: int = 2048, reps: int = 5) -> float:
     a = jnp.ones((n, n), jnp.float32)
     f = jax.jit(lambda x: x @ x)
@@ -54,7 +52,7 @@ def measure_cpu_matmul_flops(n: int = 2048, reps: int = 5) -> float:
 def cpu_peak_flops() -> float:
     """Measured float32 matmul rate of this machine, cached per CPU model and core count."""
     key = f"{platform.processor() or platform.machine()}-{os.cpu_count()}"
-    path = cache_dir() / "cpu_peak_flops.json"
+    path = Settings.read().cache_dir / "cpu_peak_flops.json"
     try:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
