@@ -10,8 +10,9 @@ from __future__ import annotations
 import gc
 
 
-def setup_command_process() -> None:
-    """Call first thing in a command-line process, before JAX is imported."""
+def setup_command_process(*, compile_cache: bool = True) -> None:
+    """Call first thing in a command-line process, before JAX is imported. compile_cache=False
+    leaves JAX's persistent compile cache off (benchmarks that time compilation)."""
     from lmjax.process.hugepages import reexec_with_hugepages
 
     reexec_with_hugepages()  # first: glibc reads its tunables at process start, JAX not loaded yet
@@ -22,6 +23,7 @@ def setup_command_process() -> None:
     from lmjax.process.xla_flags import add_default_xla_flags
 
     add_default_xla_flags()  # before any JAX backend starts
-    from lmjax.process.compile_cache import enable_compilation_cache
+    if compile_cache:
+        from lmjax.process.compile_cache import enable_compilation_cache
 
-    enable_compilation_cache()
+        enable_compilation_cache()
