@@ -1,12 +1,26 @@
-"""The config schema: every key lmjax understands, with its default and type.
+"""The config schema: every key lmjax understands, written once.
 
-Config files under configs/ start from `base_config()` and change values; they never add keys,
-so a typo in a file or on the command line fails before any compute (see `validate`).
+Each section of the config is a frozen dataclass below; each field is one key with its default,
+its allowed values or bounds and a one-line help (`key(...)`), and each section checks itself in
+`__post_init__`, so a section built by hand (`ModelConfig(vocab_size=65, max_len=64, width=128)`)
+is checked exactly as one resolved from a config file.
+
+    base_config()  -> ml_collections.ConfigDict of every key at its default (what config files
+                      under configs/ start from; they change values, never add keys)
+    resolve(c)     -> Config: the typed, checked sections (model, data and training code receive
+                      these objects, not ConfigDicts)
+
+Model families: `config.model.family` picks one; a key of config.model that only some families
+use names them in `key(..., families=...)`, and `resolve` refuses such a key set away from its
+default for another family. A new family adds its name to FAMILIES and its keys as one more base
+class of ModelConfig.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+from typing import Mapping
 
 import ml_collections
 
@@ -25,85 +39,316 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "xl": (24, 32, 2048),
 }
 
-CORPORA_HELP = "'stdlib', 'tinyshakespeare', or a path/glob of UTF-8 text files"
+FAMILIES = ("decoder",)
+TRANSFORMERS = ("decoder",)  # the families built from attention blocks
 TOKENIZERS = ("byte", "char", "sentencepiece")
 SP_MODEL_TYPES = ("bpe", "unigram")
 NORMS = ("rmsnorm", "layernorm")
 POSITIONS = ("rope", "learned", "sinusoidal", "alibi", "none")
 ATTENTIONS = ("mha", "mqa", "gqa", "linear")
+ATTENTION_IMPLS = ("auto", "einsum", "xla", "cudnn")
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "linear", "constant")
 NONFINITE = ("halt", "skip")
+# Token ids are stored as uint16/uint32 and batched as int32: ids must fit int32.
+MAX_VOCAB = 2**31
 
+
+def key(default, help: str, *, choices: tuple | None = None, minimum: float | None = None,
+        families: tuple[str, ...] | None = None, identity: bool | None = None):
+    """One config key: its default, one-line help, and (optionally) its allowed values, its
+    smallest allowed value, the model families that use it, and whether it is part of a run's
+    identity (default: the data and model keys, which fix the parameters and the token stream,
+    so a workdir's checkpoints only continue under the same values)."""
+    return dataclasses.field(default=default, metadata={
+        "help": help, "choices": choices, "minimum": minimum, "families": families,
+        "identity": identity})
+
+
+def derived(help: str):
+    """A field of a section that is not a config key: resolve() fills it from other sections."""
+    return dataclasses.field(default=0, metadata={"help": help, "derived": True})
+
+
+def keys(section) -> list[dataclasses.Field]:
+    """The config keys of a section class or instance (derived fields left out)."""
+    return [f for f in dataclasses.fields(section) if not f.metadata.get("derived")]
+
+
+def _check_keys(section, name: str) -> None:
+    """Type, choices and minimum of every key of a section instance."""
+    for f in keys(section):
+        value, want = getattr(section, f.name), type(f.default)
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(section, f.name, float(value))
+        elif not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise ConfigError(f"config.{name}.{f.name} must be {want.__name__}, got "
+                              f"{type(value).__name__} {value!r}")
+        choices, minimum = f.metadata["choices"], f.metadata["minimum"]
+        if choices and value not in choices:
+            raise ConfigError(
+                f"config.{name}.{f.name}={value!r} is not one of {', '.join(map(repr, choices))}"
+                f" (did you mean {nearest_key(str(value), list(choices))!r}?)")
+        if minimum is not None and value < minimum:
+            bound = "positive" if minimum == 1 else f">= {minimum}"
+            raise ConfigError(f"config.{name}.{f.name} must be {bound}, got {value}")
+
+
+def _divisors(n: int) -> list[int]:
+    return [k for k in range(1, min(n, 64) + 1) if n % k == 0]
+
+
+# --------------------------------------------------------------------------------------- data
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    corpus: str = key("stdlib", "'stdlib', 'tinyshakespeare', or a path/glob of UTF-8 text files")
+    tokenizer: str = key("byte", "how text becomes ids", choices=TOKENIZERS)
+    vocab_size: int = key(0, "sentencepiece only: the vocabulary to train; byte/char derive theirs",
+                          minimum=0)
+    sp_model_type: str = key("bpe", "sentencepiece model", choices=SP_MODEL_TYPES)
+    val_fraction: float = key(0.1, "share held out: by file (stdlib, globs) or the text's tail")
+    data_dir: str = key("", "where named corpora live; empty means $LMJAX_DATA_DIR")
+    cache_dir: str = key("", "token caches; empty means $LMJAX_CACHE_DIR or ~/.cache/lmjax")
+
+    def __post_init__(self):
+        _check_keys(self, "data")
+        if self.vocab_size > MAX_VOCAB:
+            raise ConfigError(f"config.data.vocab_size={self.vocab_size} is too large for the token "
+                              "cache (ids must fit int32); lower config.data.vocab_size")
+        if self.tokenizer == "sentencepiece" and self.vocab_size <= 0:
+            raise ConfigError("config.data.tokenizer='sentencepiece' needs config.data.vocab_size > 0, "
+                              "e.g. 4096")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"config.data.val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+# -------------------------------------------------------------------------------------- model
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _CommonModelKeys:
+    family: str = key("decoder", "the model family", choices=FAMILIES)
+    size: str = key("", "a name from SIZES; sets num_layers, num_heads and width", choices=("", *SIZES))
+    num_layers: int = key(4, "blocks", minimum=1)
+    width: int = key(256, "residual stream width", minimum=1)
+    dropout: float = key(0.0, "dropout after the embedding and each residual branch")
+    dtype: str = key("float32", "compute dtype; parameters are always float32", choices=DTYPES)
+    remat: bool = key(False, "recompute activations in the backward pass")
+    tie_embeddings: bool = key(True, "the unembedding is the embedding transposed")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _TransformerKeys:
+    num_heads: int = key(4, "query heads", minimum=1, families=TRANSFORMERS)
+    num_kv_heads: int = key(0, "key/value heads for 'gqa'; 0 means num_heads", minimum=0,
+                            families=TRANSFORMERS)
+    mlp_ratio: int = key(4, "MLP hidden width / width", minimum=1, families=TRANSFORMERS)
+    attention: str = key("mha", "attention variant", choices=ATTENTIONS, families=TRANSFORMERS)
+    attention_impl: str = key("auto", "softmax attention kernel: 'auto' is cuDNN flash attention on "
+                              "NVIDIA GPUs where the shape allows, einsums elsewhere",
+                              choices=ATTENTION_IMPLS, families=TRANSFORMERS, identity=False)
+    window: int = key(0, "0: full causal attention; W > 0: each token sees the last W", minimum=0,
+                      families=TRANSFORMERS)
+    linear_chunk: int = key(64, "attention='linear': chunk length of the causal scan", minimum=1,
+                            families=TRANSFORMERS)
+    positions: str = key("rope", "position encoding", choices=POSITIONS, families=TRANSFORMERS)
+    norm: str = key("rmsnorm", "normalisation layer", choices=NORMS, families=TRANSFORMERS)
+    scan_layers: bool = key(False, "one nn.scan over stacked layers (compiles one layer, not N)",
+                            families=TRANSFORMERS)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig(_CommonModelKeys, _TransformerKeys):
+    """config.model, plus the two dimensions the model needs from elsewhere."""
+
+    vocab_size: int = derived("the tokenizer's vocabulary (0 until the data is prepared)")
+    max_len: int = derived("context length = config.train.seq_len: learned positions, KV cache")
+
+    def __post_init__(self):
+        _check_keys(self, "model")
+        if self.size:  # a named size sets its three keys
+            for name, value in zip(("num_layers", "num_heads", "width"), SIZES[self.size]):
+                object.__setattr__(self, name, value)
+        if self.vocab_size < 0 or self.max_len < 0:
+            raise ConfigError(f"model vocab_size and max_len must be >= 0, got {self.vocab_size}, "
+                              f"{self.max_len}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"config.model.dropout must be in [0, 1), got {self.dropout}")
+        if self.family in TRANSFORMERS:
+            self._check_attention()
+
+    def _check_attention(self):
+        H, kv, att, D = self.num_heads, self.num_kv_heads, self.attention, self.width
+        if D % H:
+            raise ConfigError(f"config.model.num_heads={H} does not divide config.model.width={D}; "
+                              f"pick heads from {_divisors(D)}")
+        if kv and H % kv:
+            raise ConfigError(f"config.model.num_kv_heads={kv} does not divide config.model.num_heads={H}")
+        if att == "mha" and kv not in (0, H):
+            raise ConfigError(f"config.model.attention='mha' uses all {H} heads for keys/values, got "
+                              f"num_kv_heads={kv}; set num_kv_heads=0 or use attention='gqa'")
+        if att == "mqa" and kv not in (0, 1):
+            raise ConfigError(f"config.model.attention='mqa' has one kv head, got num_kv_heads={kv}; "
+                              "set num_kv_heads=0 (or 1) or use attention='gqa'")
+        if att == "gqa" and not 1 <= kv < H:
+            raise ConfigError(f"config.model.attention='gqa' needs 1 <= num_kv_heads < num_heads={H} "
+                              f"(a divisor of it), got num_kv_heads={kv}"
+                              + ("; use attention='mha' for as many kv heads as heads" if kv else ""))
+        if att == "linear" and self.window:
+            raise ConfigError(f"config.model.attention='linear' has no window, got window={self.window}; "
+                              "set window=0 or use a softmax attention ('mha', 'mqa', 'gqa')")
+        if att == "linear" and self.positions == "alibi":
+            raise ConfigError("config.model.positions='alibi' is a softmax bias and does not apply to "
+                              "attention='linear'; use positions 'rope', 'learned', 'sinusoidal' or 'none'")
+        if self.positions == "rope" and self.head_dim % 2:
+            raise ConfigError(f"rotary positions need an even head dim, got {self.head_dim} "
+                              f"(config.model.width / num_heads)")
+
+    @classmethod
+    def from_config(cls, model_cfg, *, vocab_size: int = 0, max_len: int = 0) -> ModelConfig:
+        """From a `config.model` ConfigDict or dict (unknown keys are errors)."""
+        d = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
+        return _build(cls, "model", d, vocab_size=vocab_size, max_len=max_len)
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: num_heads for 'mha' (and 'linear' unless set), 1 for 'mqa',
+        num_kv_heads for 'gqa'."""
+        if self.attention == "mqa":
+            return 1
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def compute_dtype(self):
+        import jax.numpy as jnp
+
+        return jnp.dtype(self.dtype)
+
+
+# -------------------------------------------------------------------------------- mesh, train
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MeshConfig:
+    """Device counts per mesh axis; one of them may be -1: the devices the others leave."""
+
+    data: int = key(-1, "data-parallel devices", minimum=-1)
+    fsdp: int = key(1, "devices the parameters and optimizer state are sharded over", minimum=-1)
+    tensor: int = key(1, "tensor-parallel devices", minimum=-1)
+
+    def __post_init__(self):
+        _check_keys(self, "mesh")
+        sizes = (self.data, self.fsdp, self.tensor)
+        if 0 in sizes:
+            raise ConfigError(f"config.mesh sizes must be positive or -1, got data/fsdp/tensor={list(sizes)}")
+        if sizes.count(-1) > 1:
+            raise ConfigError("config.mesh: at most one of data/fsdp/tensor may be -1")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    steps: int = key(1000, "optimizer steps", minimum=1)
+    batch_size: int = key(32, "global batch, in sequences", minimum=1)
+    seq_len: int = key(128, "tokens per sequence (the context length)", minimum=1, identity=True)
+    lr: float = key(1e-3, "peak learning rate")
+    seed: int = key(0, "initialisation, batches and dropout")
+    warmup_steps: int = key(100, "linear warm-up", minimum=0)
+    schedule: str = key("cosine", "decay after warm-up", choices=SCHEDULES)
+    min_lr_ratio: float = key(0.1, "final lr as a share of the peak")
+    weight_decay: float = key(0.1, "AdamW decay, on matrices only")
+    b1: float = key(0.9, "AdamW beta1")
+    b2: float = key(0.95, "AdamW beta2")
+    grad_clip: float = key(1.0, "global-norm clipping; 0 disables")
+    grad_accum: int = key(1, "micro-batches per step", minimum=1)
+    loss_chunk: int = key(0, "> 0: the loss computes logits this many positions at a time and "
+                          "recomputes them in the backward (no whole [batch, seq_len, vocab] logits)",
+                          minimum=0)
+    log_every: int = key(10, "steps between metrics rows", minimum=1)
+    eval_every: int = key(250, "steps between validation passes", minimum=1)
+    eval_batches: int = key(16, "validation batches; 0: the whole split", minimum=0)
+    checkpoint_every: int = key(500, "steps between checkpoints", minimum=1)
+    keep_checkpoints: int = key(2, "checkpoints kept; 0 keeps all", minimum=0)
+    nonfinite: str = key("halt", "NaN/Inf loss or gradients: 'halt', or 'skip' the update",
+                         choices=NONFINITE)
+    max_nonfinite: int = key(3, "'skip': halt after this many non-finite steps in a row", minimum=1)
+
+    def __post_init__(self):
+        _check_keys(self, "train")
+        if self.loss_chunk and self.seq_len % self.loss_chunk:
+            raise ConfigError(
+                f"config.train.loss_chunk={self.loss_chunk} must be 0 (off) or divide "
+                f"config.train.seq_len={self.seq_len}; pick one of {_divisors(self.seq_len)}")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"config.train.grad_accum={self.grad_accum} does not divide "
+                              f"config.train.batch_size={self.batch_size}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SampleConfig:
+    prompt: str = key("", "`lmjax train` ends by printing a continuation of this, when set")
+    max_new_tokens: int = key(0, "0: fill the context (train.seq_len) after the prompt", minimum=0)
+    temperature: float = key(0.8, "0 for greedy")
+    top_k: int = key(0, "keep the k most likely tokens; 0: off", minimum=0)
+    top_p: float = key(1.0, "nucleus sampling mass; 1: off")
+    seed: int = key(0, "sampling seed")
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "mesh": MeshConfig,
+                             "train": TrainConfig, "sample": SampleConfig}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A resolved config: one typed, checked object per section."""
+
+    data: DataConfig
+    model: ModelConfig
+    mesh: MeshConfig
+    train: TrainConfig
+    sample: SampleConfig
+
+    def to_dict(self) -> dict:
+        """The config keys, section by section (what config.json and checkpoints hold)."""
+        return {name: {f.name: getattr(getattr(self, name), f.name) for f in keys(cls)}
+                for name, cls in SECTIONS.items()}
+
+
+# ------------------------------------------------------------------------- ConfigDict <-> Config
 
 def base_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
+    """Every key at its default, as the ConfigDict that config files start from."""
+    return ml_collections.ConfigDict(
+        {name: {f.name: f.default for f in keys(cls)} for name, cls in SECTIONS.items()})
 
-    c.data = ml_collections.ConfigDict()
-    c.data.corpus = "stdlib"
-    c.data.tokenizer = "byte"
-    c.data.vocab_size = 0  # sentencepiece only: the vocabulary to train; byte/char derive theirs
-    c.data.sp_model_type = "bpe"
-    c.data.val_fraction = 0.1  # stdlib and globs: share of files held out (by file); text: tail
-    c.data.data_dir = ""  # where named corpora live; empty means $LMJAX_DATA_DIR
-    c.data.cache_dir = ""  # token caches; empty means $LMJAX_CACHE_DIR or ~/.cache/lmjax
 
-    c.model = ml_collections.ConfigDict()
-    c.model.size = ""  # a name from SIZES; sets num_layers/num_heads/width unless overridden
-    c.model.num_layers = 4
-    c.model.num_heads = 4
-    c.model.num_kv_heads = 0  # 0 means num_heads
-    c.model.width = 256
-    c.model.mlp_ratio = 4
-    c.model.attention = "mha"
-    c.model.window = 0  # 0 means full causal attention; W > 0: each token sees the last W
-    c.model.linear_chunk = 64  # attention='linear': chunk length of the causal scan
-    c.model.positions = "rope"
-    c.model.norm = "rmsnorm"
-    c.model.tie_embeddings = True
-    c.model.dropout = 0.0
-    c.model.dtype = "float32"  # compute dtype; parameters are always float32
-    c.model.remat = False
-    c.model.scan_layers = False  # True: nn.scan over stacked layers (compiles one layer, not N)
+def flat_keys(c: Mapping | None = None, prefix: str = "") -> list[str]:
+    """Dotted keys of `c` (default: the schema), e.g. 'model.width'."""
+    if c is None:
+        return [f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in keys(cls)]
+    out = []
+    for k, v in c.items():
+        if isinstance(v, (Mapping, ml_collections.ConfigDict)):
+            out += flat_keys(v, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}")
+    return out
 
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # -1: the devices left over after fsdp and tensor
-    c.mesh.fsdp = 1
-    c.mesh.tensor = 1
 
-    c.train = ml_collections.ConfigDict()
-    c.train.steps = 1000
-    c.train.batch_size = 32  # global, in sequences
-    c.train.seq_len = 128
-    c.train.lr = 1e-3
-    c.train.seed = 0
-    c.train.warmup_steps = 100
-    c.train.schedule = "cosine"
-    c.train.min_lr_ratio = 0.1  # final lr as a share of the peak
-    c.train.weight_decay = 0.1
-    c.train.b1 = 0.9
-    c.train.b2 = 0.95
-    c.train.grad_clip = 1.0  # global-norm clipping; 0 disables
-    c.train.grad_accum = 1  # micro-batches per step
-    # > 0: the training loss computes logits this many positions at a time and recomputes them in
-    # the backward, so the [batch, seq_len, vocab] float32 logits are never stored whole.
-    c.train.loss_chunk = 0
-    c.train.log_every = 10
-    c.train.eval_every = 250
-    c.train.eval_batches = 16  # 0: the whole validation split
-    c.train.checkpoint_every = 500
-    c.train.keep_checkpoints = 2
-    c.train.nonfinite = "halt"  # NaN/Inf loss or gradients: 'halt', or 'skip' the update
-    c.train.max_nonfinite = 3  # 'skip': halt after this many non-finite steps in a row
-
-    c.sample = ml_collections.ConfigDict()
-    c.sample.prompt = ""  # `lmjax train` ends by printing a continuation of this, when set
-    c.sample.max_new_tokens = 0  # 0: fill the context (train.seq_len) after the prompt
-    c.sample.temperature = 0.8
-    c.sample.top_k = 0
-    c.sample.top_p = 1.0
-    c.sample.seed = 0
-    return c
+def identity_keys() -> list[str]:
+    """Dotted keys that a workdir's checkpoints can only continue under (see `key`)."""
+    out = []
+    for name, cls in SECTIONS.items():
+        for f in keys(cls):
+            identity = f.metadata["identity"]
+            if identity or (identity is None and name in ("data", "model")):
+                out.append(f"{name}.{f.name}")
+    return out
 
 
 def nearest_key(key: str, valid: list[str]) -> str:
@@ -111,110 +356,47 @@ def nearest_key(key: str, valid: list[str]) -> str:
     return close[0] if close else ""
 
 
-def flat_keys(c: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-    out = []
-    for k, v in c.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, ml_collections.ConfigDict):
-            out += flat_keys(v, name + ".")
-        else:
-            out.append(name)
-    return out
+def check_key(dotted: str, *, where: str = "") -> str:
+    """`dotted` ('model.width') if the schema has it, else a ConfigError naming the nearest key."""
+    valid = flat_keys()
+    if dotted not in valid:
+        raise ConfigError(f"unknown config key 'config.{dotted}'{where}; did you mean "
+                          f"'config.{nearest_key(dotted, valid)}'?")
+    return dotted
 
 
-def check_keys(c: ml_collections.ConfigDict) -> None:
-    """Every key in `c` must exist in the schema, with the schema's type."""
-    schema = base_config()
-    valid = flat_keys(schema)
-    for key in flat_keys(c):
-        if key not in valid:
+def _build(cls, name: str, values: Mapping, **derived_values):
+    for k in values:
+        check_key(f"{name}.{k}")
+    return cls(**values, **derived_values)
+
+
+def _check_family(model: dict) -> None:
+    family = model.get("family", ModelConfig.family)
+    if family not in FAMILIES:
+        return  # ModelConfig names the valid families
+    for f in keys(ModelConfig):
+        users = f.metadata["families"]
+        if users and family not in users and f.name in model and model[f.name] != f.default:
             raise ConfigError(
-                f"unknown config key 'config.{key}'; did you mean 'config.{nearest_key(key, valid)}'?"
-            )
-        want = type(_get(schema, key))
-        got = _get(c, key)
-        if want is float and isinstance(got, int) and not isinstance(got, bool):
-            continue
-        if not isinstance(got, want) or (want is int and isinstance(got, bool)):
-            raise ConfigError(
-                f"config.{key} must be {want.__name__}, got {type(got).__name__} {got!r}"
-            )
+                f"config.model.{f.name} applies to the {' and '.join(users)} famil"
+                f"{'ies' if len(users) > 1 else 'y'}, not config.model.family={family!r}; "
+                f"leave it at its default ({f.default!r}) or choose another family")
 
 
-def _get(c, dotted: str):
-    for part in dotted.split("."):
-        c = c[part]
-    return c
+def resolve(c) -> Config:
+    """A ConfigDict (or dict, or Config) -> the typed, checked Config. Raises ConfigError with
+    one line naming the key and the fix."""
+    if isinstance(c, Config):
+        return c
+    d = c.to_dict() if hasattr(c, "to_dict") else dict(c)
+    for section in d:
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section 'config.{section}'; did you mean "
+                              f"'config.{nearest_key(section, list(SECTIONS))}'?")
+    _check_family(d.get("model", {}))
+    sections = {name: _build(cls, name, d.get(name, {})) for name, cls in SECTIONS.items()
+                if name != "model"}
+    model = _build(ModelConfig, "model", d.get("model", {}), max_len=sections["train"].seq_len)
+    return Config(model=model, **sections)
 
-
-def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Apply `model.size`, then check values; returns a locked copy."""
-    c = ml_collections.ConfigDict(c.to_dict())
-    check_keys(c)
-    m, d, t = c.model, c.data, c.train
-    if m.size:
-        if m.size not in SIZES:
-            raise ConfigError(
-                f"config.model.size={m.size!r} is not a named size; choose one of {', '.join(SIZES)}"
-            )
-        m.num_layers, m.num_heads, m.width = SIZES[m.size]
-    _choice("data.tokenizer", d.tokenizer, TOKENIZERS)
-    _choice("data.sp_model_type", d.sp_model_type, SP_MODEL_TYPES)
-    _choice("model.norm", m.norm, NORMS)
-    _choice("model.positions", m.positions, POSITIONS)
-    _choice("model.attention", m.attention, ATTENTIONS)
-    _choice("model.dtype", m.dtype, DTYPES)
-    _choice("train.schedule", t.schedule, SCHEDULES)
-    _choice("train.nonfinite", t.nonfinite, NONFINITE)
-    if d.vocab_size > 2**31:
-        raise ConfigError(
-            f"config.data.vocab_size={d.vocab_size} is too large for the token cache (ids must fit "
-            "int32); lower config.data.vocab_size"
-        )
-    if d.tokenizer == "sentencepiece" and d.vocab_size <= 0:
-        raise ConfigError("config.data.tokenizer='sentencepiece' needs config.data.vocab_size > 0, e.g. 4096")
-    kv = m.num_kv_heads or m.num_heads
-    for key, val in [("model.num_layers", m.num_layers), ("model.num_heads", m.num_heads),
-                     ("model.width", m.width), ("model.mlp_ratio", m.mlp_ratio),
-                     ("train.steps", t.steps), ("train.batch_size", t.batch_size),
-                     ("train.seq_len", t.seq_len), ("train.grad_accum", t.grad_accum)]:
-        if val <= 0:
-            raise ConfigError(f"config.{key} must be positive, got {val}")
-    if m.width % m.num_heads:
-        raise ConfigError(
-            f"config.model.num_heads={m.num_heads} does not divide config.model.width={m.width}; "
-            f"pick heads from {_divisors(m.width)}"
-        )
-    if m.num_heads % kv:
-        raise ConfigError(
-            f"config.model.num_kv_heads={kv} does not divide config.model.num_heads={m.num_heads}"
-        )
-    if m.positions == "rope" and (m.width // m.num_heads) % 2:
-        raise ConfigError(f"rotary positions need an even head dim, got {m.width // m.num_heads}")
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError(f"config.model.dropout must be in [0, 1), got {m.dropout}")
-    if t.loss_chunk < 0 or (t.loss_chunk and t.seq_len % t.loss_chunk):
-        raise ConfigError(
-            f"config.train.loss_chunk={t.loss_chunk} must be 0 (off) or divide "
-            f"config.train.seq_len={t.seq_len}; pick one of {_divisors(t.seq_len)}"
-        )
-    if t.batch_size % t.grad_accum:
-        raise ConfigError(
-            f"config.train.grad_accum={t.grad_accum} does not divide config.train.batch_size={t.batch_size}"
-        )
-    if not 0.0 < d.val_fraction < 1.0:
-        raise ConfigError(f"config.data.val_fraction must be in (0, 1), got {d.val_fraction}")
-    c.lock()
-    return c
-
-
-def _choice(key, val, options):
-    if val not in options:
-        raise ConfigError(
-            f"config.{key}={val!r} is not one of {', '.join(map(repr, options))}"
-            f" (did you mean {nearest_key(str(val), list(options))!r}?)"
-        )
-
-
-def _divisors(n: int) -> list[int]:
-    return [k for k in range(1, min(n, 64) + 1) if n % k == 0]

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Sequence
 
 import jax
-import ml_collections
 import numpy as np
 
 from lmjax import config as config_lib
@@ -20,8 +19,9 @@ from lmjax.checkpointing import Checkpointer
 from lmjax.data import Tokenizer, prepare, tokenizer_from_json
 from lmjax.errors import CheckpointError
 from lmjax.models import ModelConfig, generate, token_logprobs
+from lmjax.models.attention import resolve_implementation
 from lmjax.training import sharding
-from lmjax.training.metrics import read_metrics
+from lmjax.workdir import CHECKPOINTS, Workdir
 
 
 class History(dict):
@@ -58,14 +58,14 @@ class TokenScores:
 class Run:
     workdir: Path
     step: int
-    config: ml_collections.ConfigDict
+    config: config_lib.Config
     params: dict
     tokenizer: Tokenizer
     model_cfg: ModelConfig
 
     @property
     def metrics(self) -> History:
-        return History(read_metrics(self.workdir))
+        return History(Workdir(self.workdir).metrics())
 
     def generate(self, prompts: str | Sequence[str], *, max_new_tokens: int | None = None,
                  temperature: float | None = None, top_k: int | None = None,
@@ -98,9 +98,7 @@ class Run:
 
         data = prepare(self.config.data)
         tc = self.config.train
-        mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}),
-                                  devices=jax.devices()[:1])
-        setup = make_setup(self.config, vocab_size=self.tokenizer.vocab_size, mesh=mesh)
+        setup = make_setup(self.config, vocab_size=self.tokenizer.vocab_size, mesh=_one_device_mesh())
         batch = math.gcd(tc.batch_size, 64)
         return evaluate(setup, self.params, data.val, batch_size=batch, seq_len=tc.seq_len,
                         max_batches=tc.eval_batches if batches is None else batches,
@@ -111,12 +109,25 @@ def _or(value, default):
     return default if value is None else value
 
 
+def _one_device_mesh():
+    return sharding.make_mesh(config_lib.MeshConfig(data=1), devices=jax.devices()[:1])
+
+
+def _runnable_here(config: config_lib.Config) -> config_lib.Config:
+    """A run trained with cuDNN attention, loaded where there is none, uses 'auto' instead."""
+    m = config.model
+    if (m.attention_impl == "cudnn"
+            and resolve_implementation("auto", m.compute_dtype, m.head_dim) != "cudnn"):
+        return dataclasses.replace(config, model=m.replace(attention_impl="auto"))
+    return config
+
+
 def load(workdir: str | Path, step: int | None = None) -> Run:
     """Load the run in `workdir` (the latest checkpoint, or `step`) onto this machine."""
     from lmjax.training.steps import make_setup
 
     workdir = Path(workdir)
-    if not (workdir / "checkpoints").is_dir():
+    if not (workdir / CHECKPOINTS).is_dir():
         raise CheckpointError(f"{workdir} holds no checkpoints; train one with `lmjax train --workdir {workdir}`")
     ckpt = Checkpointer(workdir, read_only=True)
     steps = ckpt.all_steps()
@@ -126,11 +137,9 @@ def load(workdir: str | Path, step: int | None = None) -> Run:
     if step not in steps:
         raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has steps {sorted(steps)}")
     cfg_dict, tok_json = ckpt.restore_meta(step)
-    config = config_lib.resolve(ml_collections.ConfigDict(cfg_dict))
+    config = _runnable_here(config_lib.resolve(cfg_dict))
     tokenizer = tokenizer_from_json(tok_json)
-    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}),
-                              devices=jax.devices()[:1])
-    setup = make_setup(config, vocab_size=tokenizer.vocab_size, mesh=mesh)
+    setup = make_setup(config, vocab_size=tokenizer.vocab_size, mesh=_one_device_mesh())
     state = ckpt.restore_state(step, setup.abstract_state)
     ckpt.close()
     return Run(workdir, step, config, state.params, tokenizer, setup.model_cfg)

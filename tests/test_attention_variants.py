@@ -22,6 +22,7 @@ from lmjax.models import (
     init_params,
     linear_attention_chunked,
     param_count,
+    softmax_attention,
 )
 from lmjax.models import attention as attention_module
 from lmjax.models.transformer import SINUSOID_SCALE
@@ -246,7 +247,7 @@ def test_greedy_generate_is_consistent(case):
     (6, 6, 0, "alibi", 2), (4, 2, 2, "alibi", 0),
 ])
 def test_softmax_kernel_matches_naive(implementation, heads, kv_heads, window, positions, q_offset,
-                                     monkeypatch):
+                                     ):
     """Both code paths (einsums; jax.nn.dot_product_attention) against the loops above, for a whole
     sequence (q_offset 0: is_causal + local_window_size) and against a partly written cache."""
     B, T, E = 2, 6, 8
@@ -258,11 +259,12 @@ def test_softmax_kernel_matches_naive(implementation, heads, kv_heads, window, p
     rng = np.random.default_rng(0)
     q = normal(rng, (B, T, heads, E))
     k, v = normal(rng, (B, S, kv_heads, E)), normal(rng, (B, S, kv_heads, E))
+    block_rows = None
     if implementation == "einsum-blocks":  # causal blocks of 2 query rows (3 blocks when whole)
-        monkeypatch.setattr(attention_module, "CAUSAL_BLOCK_ROWS", 2)
-        implementation = "einsum"
-    monkeypatch.setattr(attention_module, "IMPLEMENTATION", implementation)
-    out = jax.jit(functools.partial(attend, q_offset=q_offset, kv_length=q_offset + T, cfg=cfg))(q, k, v)
+        block_rows, implementation = 2, "einsum"
+    out = jax.jit(functools.partial(
+        softmax_attention, q_offset=q_offset, kv_length=q_offset + T, window=window,
+        alibi=positions == "alibi", implementation=implementation, block_rows=block_rows))(q, k, v)
     want = naive_attention_core(*map(np.asarray, (q, k, v)), cfg, q_offset=q_offset)
     np.testing.assert_allclose(out, want, atol=1e-5)
 
@@ -277,23 +279,22 @@ def test_causal_blocks_split_only_whole_long_sequences():
     assert blocks(256, 256, q_offset=jnp.int32(0), kv_length=256) == [(0, 256, 256)]  # traced
 
 
-def test_causal_blocks_equal_one_block_with_gradients(monkeypatch):
+def test_causal_blocks_equal_one_block_with_gradients():
     """The default split at T=256 (2 blocks) against the unsplit core: outputs and gradients."""
     B, T, H, K, E = 2, 256, 4, 2, 8
     cfg = ModelConfig(vocab_size=VOCAB, max_len=T, num_heads=H, width=H * E, attention="gqa",
                       num_kv_heads=K, positions="alibi")
     rng = np.random.default_rng(1)
     q, k, v = normal(rng, (B, T, H, E)), normal(rng, (B, T, K, E)), normal(rng, (B, T, K, E))
-    monkeypatch.setattr(attention_module, "IMPLEMENTATION", "einsum")
 
-    def loss_and_grads():
-        loss = lambda q, k, v: jnp.sum(jnp.sin(attend(q, k, v, q_offset=0, kv_length=T, cfg=cfg)))
+    def loss_and_grads(max_blocks=None):
+        loss = lambda q, k, v: jnp.sum(jnp.sin(softmax_attention(  # noqa: E731
+            q, k, v, q_offset=0, kv_length=T, alibi=True, max_blocks=max_blocks)))
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
 
     assert len(attention_module.causal_blocks(T, T, q_offset=0, kv_length=T)) == 2
     blocked = loss_and_grads()
-    monkeypatch.setattr(attention_module, "CAUSAL_BLOCKS_MAX", 1)
-    whole = loss_and_grads()
+    whole = loss_and_grads(max_blocks=1)
     for a, b in zip(jax.tree.leaves(blocked), jax.tree.leaves(whole)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
@@ -359,7 +360,7 @@ def test_linear_attention_memory_is_linear_in_length():
     (dict(attention="mqa", num_kv_heads=2), "attention='mqa' has one kv head"),
     (dict(attention="gqa"), "attention='gqa' needs 1 <= num_kv_heads < num_heads=4"),
     (dict(attention="gqa", num_kv_heads=4), "use attention='mha'"),
-    (dict(attention="gqa", num_kv_heads=3), "num_kv_heads=3 does not divide num_heads=4"),
+    (dict(attention="gqa", num_kv_heads=3), "num_kv_heads=3 does not divide config.model.num_heads=4"),
     (dict(attention="linear", window=4), "attention='linear' has no window"),
     (dict(attention="linear", positions="alibi"), "positions='alibi' is a softmax bias"),
     (dict(attention="linear", linear_chunk=0), "linear_chunk must be positive"),

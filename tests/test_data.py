@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import sysconfig
-import types
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,8 @@ from lmjax.data import (
 )
 from lmjax.data import corpus as corpus_lib
 from lmjax.data import dataset as dataset_lib
-from lmjax.data import tokenizers as tokenizers_lib
-from lmjax.errors import DataError
+from lmjax.config import DataConfig
+from lmjax.errors import ConfigError, DataError
 
 DATA_DIR = os.environ.get("LMJAX_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
 REPO = Path(__file__).resolve().parents[1]
@@ -54,10 +53,8 @@ def stdlib_sample(stdlib):
     return stdlib.train[:2_000_000]
 
 
-def data_cfg(**overrides) -> types.SimpleNamespace:
-    cfg = dict(corpus="stdlib", tokenizer="byte", vocab_size=0, sp_model_type="bpe", val_fraction=0.1,
-               data_dir=DATA_DIR, cache_dir="")
-    return types.SimpleNamespace(**{**cfg, **overrides})
+def data_cfg(**overrides) -> DataConfig:
+    return DataConfig(**{"data_dir": DATA_DIR, **overrides})
 
 
 def write(path: Path, content: str | bytes) -> Path:
@@ -142,33 +139,36 @@ def test_sentencepiece_json_round_trip(sp_tokenizers):
     assert other.fingerprint != tokenizer.fingerprint
 
 
-def test_sentencepiece_training_is_deterministic_across_processes(shakespeare, monkeypatch):
+def test_sentencepiece_training_is_deterministic_across_processes(shakespeare):
     """Line sampling must not depend on the process (sentencepiece's own shuffle does)."""
-    monkeypatch.setattr(tokenizers_lib, "MAX_TRAIN_LINES", 3000)
-    here = build_tokenizer("sentencepiece", shakespeare.train, vocab_size=500, seed=3).fingerprint
+    here = build_tokenizer("sentencepiece", shakespeare.train, vocab_size=500, seed=3, max_lines=3000).fingerprint
     script = (
-        "import sys; from lmjax.data import tokenizers as t, load_corpus; t.MAX_TRAIN_LINES = 3000; "
+        "import sys; from lmjax.data import tokenizers as t, load_corpus; "
         "c = load_corpus('tinyshakespeare', data_dir=sys.argv[1]); "
-        "print(t.build_tokenizer('sentencepiece', c.train, vocab_size=500, seed=3).fingerprint)"
+        "print(t.build_tokenizer('sentencepiece', c.train, vocab_size=500, seed=3, max_lines=3000).fingerprint)"
     )
     there = subprocess.run([sys.executable, "-c", script, DATA_DIR], cwd=REPO, capture_output=True, text=True,
                            check=True).stdout.strip()
     assert here == there
-    assert build_tokenizer("sentencepiece", shakespeare.train, vocab_size=500, seed=4).fingerprint != here
+    assert build_tokenizer("sentencepiece", shakespeare.train, vocab_size=500, seed=4,
+                           max_lines=3000).fingerprint != here
 
 
 def test_tokenizer_errors():
     text = "hello world\n" * 50
-    with pytest.raises(DataError, match="unknown tokenizer 'bytes'"):
-        build_tokenizer("bytes", text)
-    with pytest.raises(DataError, match="needs vocab_size > 0"):
-        build_tokenizer("sentencepiece", text)
     with pytest.raises(DataError, match=r"vocab_size 50000 is too large .*lower config.data.vocab_size"):
         build_tokenizer("sentencepiece", text, vocab_size=50000)
     with pytest.raises(DataError, match=r"vocab_size 100 is too small .*raise config.data.vocab_size"):
         build_tokenizer("sentencepiece", text, vocab_size=100)
-    with pytest.raises(DataError, match="sp_model_type 'wordpiece'"):
-        build_tokenizer("sentencepiece", text, vocab_size=300, sp_model_type="wordpiece")
+    # Names and bounds of config.data are checked once, by the schema.
+    for bad, match in [(dict(tokenizer="bytes"), "config.data.tokenizer='bytes' is not one of"),
+                       (dict(tokenizer="sentencepiece"), "needs config.data.vocab_size > 0"),
+                       (dict(tokenizer="sentencepiece", vocab_size=300, sp_model_type="wordpiece"),
+                        "config.data.sp_model_type='wordpiece'"),
+                       (dict(val_fraction=1.5), r"val_fraction must be in \(0, 1\)"),
+                       (dict(tokenizer="sentencepiece", vocab_size=2**31 + 1), "too large for the token cache")]:
+        with pytest.raises(ConfigError, match=match):
+            DataConfig(**bad)
 
 
 # ---------------------------------------------------------------- corpora
@@ -253,8 +253,6 @@ def test_corpus_errors(tmp_path, monkeypatch):
     write(tmp_path / "tiny.txt", "x")
     with pytest.raises(DataError, match="leaves the train split empty"):
         load_corpus(str(tmp_path / "tiny.txt"))
-    with pytest.raises(DataError, match=r"val_fraction must be in \(0, 1\)"):
-        load_corpus("stdlib", val_fraction=1.5)
 
     monkeypatch.delenv("LMJAX_DATA_DIR", raising=False)
     with pytest.raises(DataError, match="needs its data directory: set LMJAX_DATA_DIR"):
@@ -338,9 +336,6 @@ def test_token_dtype():
     assert dataset_lib.token_dtype(65536) == np.uint16
     assert dataset_lib.token_dtype(65537) == np.uint32
     assert dataset_lib.token_dtype(2**31) == np.uint32
-    # Batches are int32, so ids past 2**31 cannot be stored even though uint32 could hold them.
-    with pytest.raises(DataError, match=r"vocab_size 2147483649 is too large for the token cache"):
-        dataset_lib.token_dtype(2**31 + 1)
 
 
 # ---------------------------------------------------------------- batches

@@ -231,13 +231,13 @@ def test_attention_matches_naive(kv_heads, q_offset, window):
     k = jax.random.normal(kk, (B, S, kv_heads, D))
     v = jax.random.normal(kv, (B, S, kv_heads, D))
     kv_length = q_offset + T
-    out = jax.jit(attend, static_argnames="cfg")(q, k, v, q_offset=q_offset, kv_length=kv_length, cfg=cfg)
+    out = jax.jit(attend, static_argnums=0)(cfg, q, k, v, q_offset=q_offset, kv_length=kv_length)
     np.testing.assert_allclose(out, naive_attention(q, k, v, q_offset, kv_length, window),
                                atol=1e-5)
 
 
 def test_config_from_configdict_and_validation():
-    m = ml_collections.ConfigDict(dict(size="nano", num_layers=3, num_heads=2, num_kv_heads=0,
+    m = ml_collections.ConfigDict(dict(size="", num_layers=3, num_heads=2, num_kv_heads=0,
                                        width=48, positions="learned", norm="layernorm"))
     cfg = ModelConfig.from_config(m, vocab_size=65, max_len=64)
     assert (cfg.num_layers, cfg.width, cfg.head_dim, cfg.kv_heads) == (3, 48, 24, 2)

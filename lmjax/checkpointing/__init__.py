@@ -1,4 +1,4 @@
 """Saving and restoring training state."""
-from lmjax.checkpointing.checkpoints import Checkpointer, abstract_like
+from lmjax.checkpointing.checkpoints import Checkpointer
 
-__all__ = ["Checkpointer", "abstract_like"]
+__all__ = ["Checkpointer"]

@@ -12,9 +12,8 @@ import functools
 import logging
 from pathlib import Path
 
-import jax
-
 from lmjax.errors import CheckpointError
+from lmjax.workdir import CHECKPOINTS
 
 
 def _ocp():
@@ -28,7 +27,7 @@ def _ocp():
 class Checkpointer:
     def __init__(self, workdir: str | Path, *, keep: int = 2, async_save: bool = True,
                  read_only: bool = False):
-        self.directory = Path(workdir).resolve() / "checkpoints"
+        self.directory = Path(workdir).resolve() / CHECKPOINTS
         self._options = dict(max_to_keep=keep if keep > 0 else None, create=not read_only,
                              read_only=read_only, enable_async_checkpointing=async_save)
         if read_only:  # orbax warns at length that a read-only manager will not save
@@ -101,13 +100,6 @@ class Checkpointer:
         if "manager" in self.__dict__:
             self.manager.wait_until_finished()
             self.manager.close()
-
-
-def abstract_like(tree, shardings):
-    """ShapeDtypeStructs carrying the target shardings: the restore target orbax needs."""
-    return jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
-    )
 
 
 def _first_line(e: Exception) -> str:

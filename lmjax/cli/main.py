@@ -65,16 +65,11 @@ def _define_flags(command: str, fv: flags.FlagValues) -> None:
 
 
 def check_overrides(argv: list[str]) -> None:
-    """Unknown --config.KEY overrides fail here, naming the nearest valid key."""
-    valid = config_lib.flat_keys(config_lib.base_config())
+    """Unknown --config.KEY overrides fail here (before config_flags sees them), naming the
+    nearest valid key."""
     for arg in argv:
         if arg.startswith("--config."):
-            key = arg[len("--config."):].split("=", 1)[0]
-            if key not in valid:
-                raise ConfigError(
-                    f"unknown config key 'config.{key}'; did you mean "
-                    f"'config.{config_lib.nearest_key(key, valid)}'?"
-                )
+            config_lib.check_key(arg[len("--config."):].split("=", 1)[0])
 
 
 def parse(command: str, argv: list[str]) -> flags.FlagValues:

@@ -43,7 +43,6 @@ class Corpus:
 def load_corpus(name: str, *, data_dir: str = "", val_fraction: float = 0.1) -> Corpus:
     """Read corpus `name` and split it into train and val text."""
     files, rule = _find_files(name, data_dir)
-    _check_fraction(val_fraction)
     contents = [(rel, _read(path)) for rel, path in files]
     texts, skipped = [], 0
     for (rel, path), (_, data) in zip(files, contents):
@@ -85,7 +84,6 @@ def load_corpus(name: str, *, data_dir: str = "", val_fraction: float = 0.1) -> 
 def corpus_fingerprint(name: str, *, data_dir: str = "", val_fraction: float = 0.1) -> str:
     """The corpus fingerprint without decoding or splitting (reads and hashes the files)."""
     files, rule = _find_files(name, data_dir)
-    _check_fraction(val_fraction)
     return _fingerprint([(rel, _read(path)) for rel, path in files], rule, val_fraction)
 
 
@@ -155,7 +153,3 @@ def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
 
-
-def _check_fraction(val_fraction: float) -> None:
-    if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}; fix config.data.val_fraction")

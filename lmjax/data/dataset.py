@@ -23,6 +23,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from lmjax.config import DataConfig
 from lmjax.data.corpus import corpus_fingerprint, load_corpus
 from lmjax.data.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_json
 from lmjax.errors import DataError
@@ -42,32 +43,24 @@ class Dataset:
     cache_dir: str  # the folder holding this dataset's cache
 
 
-def cache_root(data_cfg) -> str:
+def cache_root(data_cfg: DataConfig) -> str:
     """config.data.cache_dir, else $LMJAX_CACHE_DIR, else ~/.cache/lmjax."""
-    return os.path.expanduser(getattr(data_cfg, "cache_dir", "") or str(Settings.read().cache_dir))
+    return os.path.expanduser(data_cfg.cache_dir or str(Settings.read().cache_dir))
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
-    if vocab_size <= 2**16:
-        return np.dtype(np.uint16)
-    if vocab_size <= 2**31:  # batches are int32, so uint32's top half is unusable
-        return np.dtype(np.uint32)
-    raise DataError(
-        f"vocab_size {vocab_size} is too large for the token cache (ids must fit int32); "
-        "lower config.data.vocab_size"
-    )
+    """uint16 when the ids fit, else uint32 (config.MAX_VOCAB keeps them within int32)."""
+    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
 
 
-def prepare(data_cfg) -> Dataset:
+def prepare(data_cfg: DataConfig) -> Dataset:
     """Load (or build and cache) the tokenized train and val splits described by `config.data`."""
-    corpus_name = data_cfg.corpus
-    data_dir = getattr(data_cfg, "data_dir", "")
-    val_fraction = getattr(data_cfg, "val_fraction", 0.1)
+    corpus_name, data_dir, val_fraction = data_cfg.corpus, data_cfg.data_dir, data_cfg.val_fraction
     kind = data_cfg.tokenizer
     is_sp = kind == "sentencepiece"
     # Settings a tokenizer ignores stay out of the key, so changing them reuses the cache.
-    vocab_size = getattr(data_cfg, "vocab_size", 0) if is_sp else 0
-    sp_model_type = getattr(data_cfg, "sp_model_type", "bpe") if is_sp else ""
+    vocab_size = data_cfg.vocab_size if is_sp else 0
+    sp_model_type = data_cfg.sp_model_type if is_sp else ""
 
     fingerprint = corpus_fingerprint(corpus_name, data_dir=data_dir, val_fraction=val_fraction)
     key_blob = json.dumps([FORMAT_VERSION, fingerprint, kind, vocab_size, sp_model_type]).encode()

@@ -16,8 +16,6 @@ import sentencepiece as spm
 
 from lmjax.errors import DataError
 
-KINDS = ("byte", "char", "sentencepiece")
-SP_MODEL_TYPES = ("bpe", "unigram")
 MAX_TRAIN_LINES = 200_000  # sentencepiece trains on at most this many lines of the train text
 UNK_CHAR = "\ufffd"  # what the char tokenizer's <unk> id decodes to
 
@@ -138,19 +136,14 @@ class SentencePieceTokenizer(Tokenizer):
         }
 
     @classmethod
-    def train(cls, text: str, *, vocab_size: int, model_type: str, seed: int) -> SentencePieceTokenizer:
-        if vocab_size <= 0:
-            raise DataError("the sentencepiece tokenizer needs vocab_size > 0; set config.data.vocab_size, e.g. 4096")
-        if model_type not in SP_MODEL_TYPES:
-            raise DataError(
-                f"sp_model_type {model_type!r} is not one of {', '.join(map(repr, SP_MODEL_TYPES))}; "
-                "fix config.data.sp_model_type"
-            )
+    def train(cls, text: str, *, vocab_size: int, model_type: str, seed: int,
+              max_lines: int = MAX_TRAIN_LINES) -> SentencePieceTokenizer:
+        """vocab_size and model_type as config.data checks them (> 0; 'bpe' or 'unigram')."""
         # Train on a seeded sample of lines, so the 31 MB stdlib takes seconds. We sample here because
         # sentencepiece's own shuffle_input_sentence differs between processes even with a fixed seed.
         lines = [line for line in text.split("\n") if line]
-        if len(lines) > MAX_TRAIN_LINES:
-            keep = np.sort(np.random.default_rng(seed).choice(len(lines), MAX_TRAIN_LINES, replace=False))
+        if len(lines) > max_lines:
+            keep = np.sort(np.random.default_rng(seed).choice(len(lines), max_lines, replace=False))
             lines = [lines[i] for i in keep]
         spm.set_random_generator_seed(seed)
         model = io.BytesIO()
@@ -205,16 +198,19 @@ def _chunks(text: str, size: int) -> list[str]:
 
 
 def build_tokenizer(
-    kind: str, train_text: str, *, vocab_size: int = 0, sp_model_type: str = "bpe", seed: int = 0
+    kind: str, train_text: str, *, vocab_size: int = 0, sp_model_type: str = "bpe", seed: int = 0,
+    max_lines: int = MAX_TRAIN_LINES,
 ) -> Tokenizer:
-    """Build a tokenizer of `kind` from the training text (byte ignores the text)."""
+    """Build a tokenizer of `kind` (one of config.TOKENIZERS) from the training text (byte ignores
+    the text); sentencepiece trains on at most `max_lines` lines of it."""
     if kind == "byte":
         return ByteTokenizer()
     if kind == "char":
         return CharTokenizer.train(train_text)
     if kind == "sentencepiece":
-        return SentencePieceTokenizer.train(train_text, vocab_size=vocab_size, model_type=sp_model_type, seed=seed)
-    raise DataError(f"unknown tokenizer {kind!r}; set config.data.tokenizer to one of {', '.join(map(repr, KINDS))}")
+        return SentencePieceTokenizer.train(train_text, vocab_size=vocab_size, model_type=sp_model_type,
+                                            seed=seed, max_lines=max_lines)
+    raise ValueError(f"unknown tokenizer {kind!r} (config.data.tokenizer is checked against TOKENIZERS)")
 
 
 def tokenizer_from_json(d: dict) -> Tokenizer:

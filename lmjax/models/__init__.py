@@ -1,9 +1,8 @@
 """The Transformer language model, its attention kernels, and sampling."""
 
+from lmjax.config import ModelConfig
 from lmjax.models.attention import (
-    ATTENTION,
     alibi_slopes,
-    attend,
     attention_mask,
     linear_attention,
     linear_attention_chunked,
@@ -11,8 +10,8 @@ from lmjax.models.attention import (
 )
 from lmjax.models.decode import generate, sample_logits, token_logprobs
 from lmjax.models.transformer import (
-    ModelConfig,
     Transformer,
+    attend,
     attention_flops_per_token,
     flops_per_token,
     init_cache,
@@ -23,7 +22,7 @@ from lmjax.models.transformer import (
 )
 
 __all__ = [
-    "ATTENTION", "ModelConfig", "Transformer", "alibi_slopes", "attend", "attention_flops_per_token",
+    "ModelConfig", "Transformer", "alibi_slopes", "attend", "attention_flops_per_token",
     "attention_mask", "flops_per_token", "generate", "init_cache", "init_params",
     "linear_attention", "linear_attention_chunked", "param_count", "sample_logits",
     "softmax_attention", "token_logprobs", "unboxed", "unembedding_VD",

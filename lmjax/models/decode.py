@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmjax.errors import LmjaxError
-from lmjax.models.transformer import ModelConfig, Transformer, init_cache, unboxed
+from lmjax.config import ModelConfig
+from lmjax.models.transformer import Transformer, init_cache, unboxed
 
 _REMOVED = -1e30  # logit of tokens that top-k / top-p rule out
 

@@ -30,7 +30,6 @@ decode=True)['cache']` for any [B, T] tokens (e.g. [B, max_len]) - init never wr
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 
@@ -39,101 +38,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmjax.config import DTYPES, NORMS, POSITIONS  # the schema's choices, defined once
-from lmjax.errors import ConfigError, LmjaxError
-from lmjax.models.attention import ATTENTION, attend, linear_attention_chunked
+from lmjax.config import ModelConfig  # the schema's config.model section (checked there)
+from lmjax.errors import LmjaxError
+from lmjax.models.attention import linear_attention, linear_attention_chunked, softmax_attention
+
 ROPE_BASE = 10000.0
 SINUSOID_BASE = 10000.0
 # Sinusoidal positions are scaled to the embedding's init std, so tokens and positions start on
 # the same scale in the residual stream (unscaled sinusoids, rms 0.7, would drown 0.02 embeddings).
 SINUSOID_SCALE = 0.02
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    vocab_size: int
-    max_len: int  # context length: learned-positions table size and KV-cache length
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 0  # 0 means num_heads
-    width: int = 256
-    mlp_ratio: int = 4
-    attention: str = "mha"  # 'mha', 'mqa', 'gqa' (needs num_kv_heads) or 'linear'
-    window: int = 0  # > 0: each token attends to at most this many recent positions (softmax only)
-    positions: str = "rope"
-    norm: str = "rmsnorm"
-    tie_embeddings: bool = True
-    dropout: float = 0.0
-    dtype: str = "float32"  # compute dtype; parameters are always float32
-    remat: bool = False
-    scan_layers: bool = False  # one nn.scan over stacked layer weights instead of a Python loop
-    linear_chunk: int = 64  # attention='linear': tokens per chunk of the causal scan
-
-    def __post_init__(self):
-        for name, val, options in [("attention", self.attention, tuple(ATTENTION)),
-                                   ("positions", self.positions, POSITIONS),
-                                   ("norm", self.norm, NORMS), ("dtype", self.dtype, DTYPES)]:
-            if val not in options:
-                raise ConfigError(f"model {name}={val!r} is not one of {', '.join(map(repr, options))}")
-        for name in ("vocab_size", "max_len", "num_layers", "num_heads", "width", "mlp_ratio"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"model {name} must be positive, got {getattr(self, name)}")
-        if self.width % self.num_heads:
-            raise ConfigError(f"num_heads={self.num_heads} does not divide width={self.width}")
-        self._check_attention()
-        if not 0.0 <= self.dropout < 1.0 or self.window < 0:
-            raise ConfigError(f"model dropout must be in [0, 1) and window >= 0, got "
-                              f"dropout={self.dropout}, window={self.window}")
-        if self.positions == "rope" and self.head_dim % 2:
-            raise ConfigError(f"rotary positions need an even head dim, got {self.head_dim}")
-
-    def _check_attention(self):
-        H, kv, att = self.num_heads, self.num_kv_heads, self.attention
-        if kv < 0 or (kv and H % kv):
-            raise ConfigError(f"num_kv_heads={kv} does not divide num_heads={H}")
-        if att == "mha" and kv not in (0, H):
-            raise ConfigError(f"model attention='mha' uses all {H} heads for keys/values, got "
-                              f"num_kv_heads={kv}; set num_kv_heads=0 or use attention='gqa'")
-        if att == "mqa" and kv not in (0, 1):
-            raise ConfigError(f"model attention='mqa' has one kv head, got num_kv_heads={kv}; set "
-                              "num_kv_heads=0 (or 1) or use attention='gqa'")
-        if att == "gqa" and not 1 <= kv < H:
-            raise ConfigError(f"model attention='gqa' needs 1 <= num_kv_heads < num_heads={H} "
-                              f"(a divisor of it), got num_kv_heads={kv}"
-                              + ("; use attention='mha' for as many kv heads as heads" if kv else ""))
-        if att == "linear" and self.window:
-            raise ConfigError(f"model attention='linear' has no window, got window={self.window}; "
-                              "set window=0 or use a softmax attention ('mha', 'mqa', 'gqa')")
-        if att == "linear" and self.positions == "alibi":
-            raise ConfigError("model positions='alibi' is a softmax bias and does not apply to "
-                              "attention='linear'; use positions 'rope', 'learned', 'sinusoidal' "
-                              "or 'none'")
-        if self.linear_chunk <= 0:
-            raise ConfigError(f"model linear_chunk must be positive, got {self.linear_chunk}")
-
-    @classmethod
-    def from_config(cls, model_cfg, *, vocab_size: int, max_len: int) -> ModelConfig:
-        """From the `config.model` ConfigDict (or a dict); keys that are not fields (e.g. 'size',
-        already applied by config.resolve) are ignored."""
-        d = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
-        names = {f.name for f in dataclasses.fields(cls)} - {"vocab_size", "max_len"}
-        return cls(vocab_size=vocab_size, max_len=max_len, **{k: v for k, v in d.items() if k in names})
-
-    @property
-    def head_dim(self) -> int:
-        return self.width // self.num_heads
-
-    @property
-    def kv_heads(self) -> int:
-        """Key/value heads: num_heads for 'mha' (and 'linear' unless set), 1 for 'mqa',
-        num_kv_heads for 'gqa'."""
-        if self.attention == "mqa":
-            return 1
-        return self.num_kv_heads or self.num_heads
-
-    @property
-    def compute_dtype(self):
-        return jnp.dtype(self.dtype)
 
 
 def _layer_matmul_params(cfg: ModelConfig) -> int:
@@ -299,7 +212,7 @@ class Attention(nn.Module):
         else:
             k_BSKE, v_BSKE = (self._update_cache(k_BLKE, v_BLKE, offset) if decode
                               else (k_BLKE, v_BLKE))
-            out_BLHE = attend(q_BLHE, k_BSKE, v_BSKE, q_offset=offset, kv_length=offset + L, cfg=cfg)
+            out_BLHE = attend(cfg, q_BLHE, k_BSKE, v_BSKE, q_offset=offset, kv_length=offset + L)
         out_ND = _dense(cfg, D, ("heads", "embed"), "out", _out_std(cfg))(out_BLHE.reshape(B * L, H * E))
         return out_ND.reshape(B, L, D)
 
@@ -330,6 +243,16 @@ class Attention(nn.Module):
         if initialized:  # model.init(decode=True) only creates the (empty) cache
             state.value, norm.value = S_BKEE, z_BKE
         return out_BLHE
+
+
+def attend(cfg: ModelConfig, q_BLHE, k_BSKE, v_BSKE, *, q_offset, kv_length):
+    """The attention core selected by cfg.attention, given the arguments each kernel uses."""
+    if cfg.attention == "linear":
+        return linear_attention(q_BLHE, k_BSKE, v_BSKE, q_offset=q_offset, kv_length=kv_length,
+                                chunk=cfg.linear_chunk)
+    return softmax_attention(q_BLHE, k_BSKE, v_BSKE, q_offset=q_offset, kv_length=kv_length,
+                             window=cfg.window, alibi=cfg.positions == "alibi",
+                             implementation=cfg.attention_impl)
 
 
 class Mlp(nn.Module):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import signal
@@ -20,14 +19,13 @@ from lmjax.checkpointing import Checkpointer
 from lmjax.data import Dataset, eval_batches, prepare, tokenizer_from_json, train_batch
 from lmjax.errors import CheckpointError, ConfigError, LmjaxError
 from lmjax.models import flops_per_token, param_count
+from lmjax.models.attention import resolve_implementation
 from lmjax.process import hardware
+from lmjax.process.provenance import provenance
 from lmjax.training import sharding
 from lmjax.training.metrics import MetricsWriter
 from lmjax.training.steps import Setup, make_setup
-
-# Config sections that fix the shapes of the parameters and of the token stream: a workdir's
-# checkpoints can only continue under the same values.
-RUN_IDENTITY = ("data", "model")
+from lmjax.workdir import CHECKPOINTS, Workdir
 
 
 def evaluate(setup: Setup, params, tokens: np.ndarray, *, batch_size: int, seq_len: int,
@@ -59,31 +57,28 @@ def tokens_per_byte(data: Dataset) -> float:
     return len(data.val) / max(data.val_bytes, 1)
 
 
-def check_workdir(workdir: Path, cfg: dict, force: bool) -> None:
+def check_workdir(wd: Workdir, cfg: dict, force: bool) -> None:
     """Refuse to mix two configs' checkpoints in one workdir (unless --force)."""
-    saved_path = workdir / "config.json"
-    if not saved_path.exists():
+    saved = wd.config()
+    if saved is None:
         return
-    saved = json.loads(saved_path.read_text())
     defaults = config_lib.base_config().to_dict()
     # A key added to the schema after the run was saved counts as its default.
     diffs = [
-        f"config.{section}.{k}: {saved.get(section, {}).get(k, defaults[section][k])!r} -> {v!r}"
-        for section in RUN_IDENTITY
-        for k, v in cfg[section].items()
-        if saved.get(section, {}).get(k, defaults[section][k]) != v
+        f"config.{key}: {saved.get(section, {}).get(k, defaults[section][k])!r} -> {cfg[section][k]!r}"
+        for key in config_lib.identity_keys()
+        for section, k in [key.split(".")]
+        if saved.get(section, {}).get(k, defaults[section][k]) != cfg[section][k]
     ]
-    if cfg["train"]["seq_len"] != saved.get("train", {}).get("seq_len"):
-        diffs.append(f"config.train.seq_len: {saved.get('train', {}).get('seq_len')} -> {cfg['train']['seq_len']}")
     if diffs and not force:
         raise ConfigError(
-            f"workdir {workdir} holds a run of another config ({'; '.join(diffs[:3])}); "
+            f"workdir {wd.path} holds a run of another config ({'; '.join(diffs[:3])}); "
             "use a new --workdir, or pass --force to set the old checkpoints aside and start over"
         )
     if diffs and force:
-        ckpts = workdir / "checkpoints"
+        ckpts = wd.file(CHECKPOINTS)
         if ckpts.exists():
-            aside = workdir / f"checkpoints.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+            aside = wd.file(f"{CHECKPOINTS}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
             ckpts.rename(aside)  # set aside, never deleted: --force must not lose a run
 
 
@@ -125,24 +120,6 @@ class Preemption:
         return self.requested
 
 
-def _truncate_metrics(workdir: Path, step: int) -> None:
-    """Drop logged rows past the checkpoint we resume from: they will be logged again."""
-    path = workdir / "metrics.jsonl"
-    if path.exists():
-        keep = [line for line in path.read_text().splitlines()
-                if line.strip() and _row_step(line) <= step]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, path)
-
-
-def _row_step(line: str) -> int:
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return 1 << 62  # a torn line: drop it
-
-
 def _check_tokenizer(ckpt: Checkpointer, step: int, data: Dataset, force: bool) -> None:
     _, saved = ckpt.restore_meta(step)
     if tokenizer_from_json(saved).fingerprint != data.tokenizer.fingerprint and not force:
@@ -172,8 +149,8 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
     setup = make_setup(config, vocab_size=data.tokenizer.vocab_size, mesh=mesh)
 
     cfg_dict = config.to_dict()
-    workdir.mkdir(parents=True, exist_ok=True)
-    check_workdir(workdir, cfg_dict, force)
+    wd = Workdir(workdir).create()
+    check_workdir(wd, cfg_dict, force)
     ckpt = Checkpointer(workdir, keep=tc.keep_checkpoints)
     start = ckpt.latest_step()
     if start is None:
@@ -185,8 +162,8 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
     flops_tok = flops_per_token(setup.model_cfg, tc.seq_len)
     peak = hardware.peak_flops()
     if main:
-        _truncate_metrics(workdir, start)
-        (workdir / "config.json").write_text(json.dumps(cfg_dict, indent=2))
+        wd.truncate_metrics(start)
+        wd.write_config(cfg_dict)
         run_info = {
             "corpus": config.data.corpus,
             "corpus_fingerprint": data.corpus_fingerprint,
@@ -199,8 +176,14 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
             "mesh": dict(mesh.shape),
             "train_tokens": len(data.train),
             "val_tokens": len(data.val),
+            # what changes numerics or speed, and the code and machine that produced the run
+            "attention_impl": resolve_implementation(
+                config.model.attention_impl, config.model.compute_dtype, setup.model_cfg.head_dim,
+                mesh.devices.flat[0]),
+            "processes": jax.process_count(),
+            **provenance(jax.devices()),
         }
-        (workdir / "run.json").write_text(json.dumps(run_info, indent=2))
+        wd.write_run_info(run_info)
         print_fn(
             f"lmjax: {n_params / 1e6:.2f}M params, {config.data.corpus} "
             f"({len(data.train):,} train tokens, {data.tokenizer.kind} vocab {data.tokenizer.vocab_size}), "
@@ -208,7 +191,7 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
             + (f"resuming at step {start}" if start else "starting at step 0")
         )
 
-    writer = MetricsWriter(workdir, enabled=main)
+    writer = MetricsWriter(wd, enabled=main)
     tokens_per_step = tc.batch_size * tc.seq_len
     eval_kw = dict(batch_size=tc.batch_size, seq_len=tc.seq_len, max_batches=tc.eval_batches,
                    tokens_per_byte=tokens_per_byte(data))

@@ -37,12 +37,8 @@ LOGICAL_RULES = (
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
-    """Resolve config.mesh (one entry may be -1, meaning 'the remaining devices')."""
-    sizes = [int(mesh_cfg.data), int(mesh_cfg.fsdp), int(mesh_cfg.tensor)]
-    if sizes.count(-1) > 1:
-        raise ConfigError("config.mesh: at most one of data/fsdp/tensor may be -1")
-    if any(s == 0 or s < -1 for s in sizes):
-        raise ConfigError(f"config.mesh sizes must be positive or -1, got data/fsdp/tensor={sizes}")
+    """Resolve config.mesh (a MeshConfig: one entry may be -1, meaning 'the remaining devices')."""
+    sizes = [mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor]
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % known:

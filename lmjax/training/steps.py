@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from lmjax.config import resolve
 from lmjax.models import ModelConfig, Transformer, unembedding_VD
 from lmjax.training import sharding
 from lmjax.training.optimizer import lr_schedule, make_optimizer
@@ -80,7 +81,9 @@ class Setup:
 
 
 def make_setup(config, *, vocab_size: int, mesh: Mesh) -> Setup:
-    model_cfg = ModelConfig.from_config(config.model, vocab_size=vocab_size, max_len=config.train.seq_len)
+    """`config`: a resolved Config (a ConfigDict is resolved first)."""
+    config = resolve(config)
+    model_cfg = config.model.replace(vocab_size=vocab_size)
     model = Transformer(model_cfg)
     optimizer = make_optimizer(config.train)
     dummy = jnp.zeros((1, min(config.train.seq_len, 8)), jnp.int32)
