@@ -241,7 +241,7 @@ def report(experiment):
 
 
 def test_report_end_to_end(experiment, report):
-    from lmjax.analysis.report import RESULT_COLUMNS
+    from lmjax.analysis.runs import RESULT_COLUMNS
 
     res = report
     out = experiment / "report"
@@ -310,7 +310,7 @@ def test_report_end_to_end(experiment, report):
 
 
 def test_variant_labels():
-    from lmjax.analysis.report import variant_label
+    from lmjax.analysis.runs import variant_label
 
     def label(**model):
         return variant_label({"model": {"num_heads": 4, "num_kv_heads": 0, "window": 0, **model}})
@@ -326,7 +326,7 @@ def test_variant_labels():
 
 
 def test_curves(experiment):
-    from lmjax.analysis.report import CURVE_COLUMNS, curves
+    from lmjax.analysis.runs import CURVE_COLUMNS, curves
 
     cv = curves(experiment, arg="cpu")
     assert list(cv.columns) == CURVE_COLUMNS
@@ -367,3 +367,115 @@ def test_cli_no_runs_is_one_error_line(make, tmp_path, experiment, capsys):
     assert captured.out == ""
     if make == "wrong_arg":
         assert "cpu" in lines[0]  # names the args that do exist
+
+
+def test_public_names():
+    import lmjax.analysis
+    from lmjax.analysis import report, runs
+
+    assert lmjax.analysis.collect is runs.collect and lmjax.analysis.curves is runs.curves
+    assert lmjax.analysis.write_report is report.write_report
+
+
+def test_cli_help_and_bad_flags(capsys):
+    assert main(["--help"]) == 0
+    assert "usage: lmjax report experiments/NAME" in capsys.readouterr().out
+    for argv in (["--bootstrap", "-1", "x"], ["--nope", "x"], [], ["a", "b"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: "), (argv, err)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stale runs and provenance: a sweep config that expands, and result.json files that carry its
+# config hashes (or, for one run, an older config's)
+
+SWEEP_PY = """
+from lmjax.config import base_config
+from lmjax.sweeps import zip_
+
+
+def get_config(arg=None):
+    c = base_config()
+    c.train.update(batch_size=8, seq_len=64)
+    return c
+
+
+def get_sweep(arg=None):
+    return zip_(num_layers=[2, 4, 4, 6], width=[64, 128, 256, 384], steps=[100, 200, 300, 400])
+"""
+STALE_HASH = "feedfacefeedface"
+PROVENANCE = {"code": {"commit": "0123456789abcdef0123456789abcdef01234567", "dirty": True},
+              "versions": {"python": "3.12.3", "jax": "0.4.38", "jaxlib": "0.4.38", "flax": "0.10.2",
+                           "optax": "0.2.4", "orbax-checkpoint": "0.11.0"},
+              "host": {"cpu": {"model": "Test CPU 9000", "vector_extensions": ["avx2"], "cores": 2},
+                       "platform": "cpu", "device_kind": "cpu", "device_count": 1}}
+
+
+@pytest.fixture(scope="module")
+def stale_report(tmp_path_factory):
+    from lmjax.analysis.report import write_report
+    from lmjax.sweeps.spec import expand
+
+    exp = tmp_path_factory.mktemp("stale") / "experiments" / "sizes"
+    exp.mkdir(parents=True)
+    (exp / "config.py").write_text(SWEEP_PY)
+    sweep = expand(exp / "config.py", "cpu")
+    assert len(sweep) == 4
+    runs = exp / "runs" / "cpu"
+    for i, run in enumerate(sweep):
+        layers, width, steps = SIZES[i]
+        wd = write_run(runs, run.name, attention="mha", layers=layers, width=width, steps=steps, law=TRUE["mha"])
+        result = json.loads((wd / "result.json").read_text())
+        # The largest run's result was written for an older version of the sweep's config.
+        result["config_hash"] = STALE_HASH if i == len(sweep) - 1 else run.config_hash
+        (wd / "result.json").write_text(json.dumps(result))
+        if i:  # the first run's run.json predates provenance
+            info = json.loads((wd / "run.json").read_text())
+            (wd / "run.json").write_text(json.dumps({**info, **PROVENANCE}))
+    # A run the sweep no longer declares: no expected hash, so its result counts as done.
+    write_run(runs, "retired_L2_W96", attention="mha", layers=2, width=96, steps=100, law=TRUE["mha"])
+    res = write_report(exp, bootstrap_n=20)
+    return exp, sweep, res
+
+
+def test_stale_run_is_marked_and_left_out_of_the_fits(stale_report):
+    exp, sweep, res = stale_report
+    stale, current = sweep[-1].name, [r.name for r in sweep[:-1]]
+    out = res["out"]
+    assert res["notes"] == []
+    rows = {r["run"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    assert rows[stale]["status"] == "stale"
+    assert all(rows[name]["status"] == "done" for name in current)
+    assert rows["retired_L2_W96"]["status"] == "done"
+    table = {line.split("|")[1].strip(): line.split("|")[-2].strip()
+             for line in (out / "results.md").read_text().splitlines() if line.startswith("| ")}
+    assert table[stale] == "stale" and table[current[0]] == "done"
+    fitted = json.loads((out / "fits.json").read_text())["variants"]["mha"]
+    assert stale not in fitted["runs"] and fitted["n"] == 4
+    assert sorted(fitted["runs"]) == sorted(current + ["retired_L2_W96"])
+    cv = res["curves"]
+    assert set(cv.loc[cv["run"] == stale, "status"]) == {"stale"}
+
+
+def test_provenance_columns_and_produced_by(stale_report):
+    exp, sweep, res = stale_report
+    out = res["out"]
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    from lmjax.analysis.runs import PROVENANCE_COLUMNS, RESULT_COLUMNS
+
+    assert list(rows[0].keys()) == RESULT_COLUMNS + PROVENANCE_COLUMNS
+    by_run = {r["run"]: r for r in rows}
+    assert by_run[sweep[1].name]["code_commit"] == PROVENANCE["code"]["commit"] + "+dirty"
+    assert by_run[sweep[1].name]["host"] == "Test CPU 9000 / cpu"
+    assert by_run[sweep[0].name]["code_commit"] == "" and by_run[sweep[0].name]["host"] == ""
+    md = (out / "results.md").read_text()
+    table, _, produced = md.partition("\nProduced by:\n\n")
+    assert table.count("\n| ") >= 5
+    lines = produced.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("- commit 0123456789ab+dirty, Test CPU 9000 / cpu, jax 0.4.38: ")
+    assert set(lines[0].split(": ", 1)[1].split(", ")) == {r.name for r in sweep[1:]}
+    assert lines[1].startswith("- not recorded") and lines[1].endswith(
+        ": " + ", ".join(sorted([sweep[0].name, "retired_L2_W96"], key=lambda n: float(by_run[n]["params"]))))

@@ -21,6 +21,7 @@ import pytest
 
 from lmjax import config as config_lib
 from lmjax.checkpointing import Checkpointer
+from lmjax.process.hugepages import ANNOUNCEMENT
 from lmjax.training import sharding
 from lmjax.training.steps import make_setup
 
@@ -47,6 +48,11 @@ def env(devices=1):
 def cli(*args, devices=1, timeout=300, **kw):
     return subprocess.run(command(*args), capture_output=True, text=True, env=env(devices),
                           timeout=timeout, **kw)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr's lines, less the one line that announces the re-execution with malloc tunables."""
+    return [ln for ln in stderr.strip().splitlines() if not ln.startswith(ANNOUNCEMENT)]
 
 
 def logged_steps(workdir):
@@ -260,9 +266,27 @@ def test_bad_train_input(trained, name, make_args, message):
     # Two devices, so that a batch of 9 cannot be split over the data-parallel axis.
     proc = cli("train", *TINY, "--config.train.steps=8", *make_args(root), f"--workdir={workdir}",
                devices=2)
-    lines = proc.stderr.strip().splitlines()
+    lines = error_lines(proc.stderr)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr[-2000:]
+    assert tree_digest(workdir / "checkpoints") == before
+
+
+@pytest.mark.parametrize("where", ["under /proc", "a file"])
+def test_workdir_that_cannot_be_created(trained, tmp_path, where):
+    """A workdir that cannot be created (or written) is one error line, not a traceback."""
+    _, workdir = trained
+    before = tree_digest(workdir / "checkpoints")
+    if where == "a file":
+        target = tmp_path / "taken"
+        target.write_text("a file where the workdir should go")
+    else:
+        target = Path("/proc/lmjax-cannot-write")
+    proc = cli("train", *TINY, "--config.train.steps=2", f"--workdir={target}")
+    lines = error_lines(proc.stderr)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot create workdir {target}"), proc.stderr
+    assert "--workdir" in lines[0]
     assert tree_digest(workdir / "checkpoints") == before
 
 
@@ -310,7 +334,7 @@ def test_prompt_longer_than_context(trained):
     _, workdir = trained
     proc = cli("sample", f"--workdir={workdir}", "--prompt=" + "x" * 100, "--max_new_tokens=5")
     assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
+    lines = error_lines(proc.stderr)
     assert len(lines) == 1 and "exceeds the model's context of 32" in lines[0]
 
 

@@ -1,55 +1,77 @@
 """`lmjax report experiments/NAME [--arg ARG] [--out DIR] [--bootstrap N] [--verbose]`.
 
-Prints the results table and the fits, writes them (CSV, markdown, JSON, PNG plots) into
-experiments/NAME/report/ (or --out), and returns 0. Bad input: one `error:` line, status 2.
+Collects a sweep's runs into a results table, power-law fits L(C) = E + A*C^-alpha with
+bootstrap intervals, and plots. Prints the results table and the fits, writes them (CSV,
+markdown, JSON, PNG plots) into experiments/NAME/report/ (or --out), and returns 0. Bad input:
+one `error:` line, status 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
+
+from absl import flags
 
 from lmjax.errors import LmjaxError
 
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="lmjax report",
-        description="Collect a sweep's runs into a results table, power-law fits L(C) = E + A*C^-alpha "
-                    "with bootstrap intervals, and plots.")
-    p.add_argument("experiment", help="experiment folder, e.g. experiments/NAME (holds runs/<arg>/<run>/)")
-    p.add_argument("--arg", default=None, help="only the runs of this config arg (runs/<arg>/); default: all")
-    p.add_argument("--out", default=None, help="output folder (default: <experiment>/report)")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                   help="bootstrap resamples for the fit intervals (0: none; default 1000)")
-    p.add_argument("--verbose", action="store_true", help="show tracebacks for errors")
-    return p
+USAGE = "usage: lmjax report experiments/NAME [--arg ARG] [--out DIR] [--bootstrap N] [--verbose]"
+HELP = ("-h", "--help", "-help", "--helpfull")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
+def _define(fv: flags.FlagValues) -> None:
+    d = dict(flag_values=fv)
+    flags.DEFINE_string("arg", None, "Only the runs of this config arg (runs/<arg>/); default: all.", **d)
+    flags.DEFINE_string("out", None, "Output folder (default: <experiment>/report).", **d)
+    flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the fit intervals (0: none).", **d)
+    flags.DEFINE_boolean("verbose", False, "Show tracebacks for errors.", **d)
+
+
+def parse(argv: list[str]) -> tuple[flags.FlagValues, str]:
+    """The flags and the experiment folder (the one argument that is not a flag)."""
+    fv = flags.FlagValues()
+    _define(fv)
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help (0) or a usage error (2, argparse printed the line)
-        return int(e.code or 0)
+        rest = fv(["lmjax report"] + list(argv))[1:]
+    except flags.Error as e:
+        raise LmjaxError(f"{str(e).splitlines()[0]}; {USAGE}") from e
+    if not rest:
+        raise LmjaxError(f"the experiment folder is required; {USAGE}")
+    if len(rest) > 1:
+        raise LmjaxError(f"unexpected argument {rest[1]!r}; {USAGE}")
+    if fv.bootstrap < 0:
+        raise LmjaxError(f"--bootstrap={fv.bootstrap} must be >= 0")
+    return fv, rest[0]
+
+
+def run(argv: list[str]) -> int:
+    fv, experiment = parse(argv)
     try:
-        if args.bootstrap < 0:
-            raise LmjaxError(f"--bootstrap={args.bootstrap} must be >= 0")
-        try:
-            from lmjax.analysis.report import write_report
-        except ImportError as e:  # pandas is not among lmjax's core dependencies
-            raise LmjaxError(f"lmjax report needs {e.name or 'pandas'}: pip install pandas") from e
-        res = write_report(args.experiment, arg=args.arg, out=args.out, bootstrap_n=args.bootstrap)
-    except LmjaxError as e:
-        if args.verbose:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        from lmjax.analysis.report import write_report
+    except ImportError as e:  # pandas is not among lmjax's core dependencies
+        raise LmjaxError(f"lmjax report needs {e.name or 'pandas'}: pip install {e.name or 'pandas'}") from e
+    res = write_report(experiment, arg=fv.arg, out=fv.out, bootstrap_n=fv.bootstrap)
+    for note in res["notes"]:
+        print(f"note: {note}", file=sys.stderr)
     print(res["results_md"])
     print(res["fits_md"])
     print(f"wrote {', '.join(sorted(p.name for p in res['files'].values()))} to {res['out']}")
     return 0
+
+
+def _help() -> str:
+    fv = flags.FlagValues()
+    _define(fv)
+    return f"{__doc__}\n{USAGE}\n\nflags:\n{fv.get_help(include_special_flags=False)}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in HELP for a in argv):
+        print(_help())
+        return 0
+    from lmjax.cli.main import guarded
+
+    return guarded(lambda: run(argv), verbose="--verbose" in argv)
 
 
 if __name__ == "__main__":
