@@ -115,12 +115,12 @@ def test_chunked_cross_entropy_gradients(tied):
     import jax.numpy as jnp
 
     from lmjax.config import resolve
-    from lmjax.models import ModelConfig, Transformer, unboxed, unembedding_VD
+    from lmjax.models import Transformer, unboxed, unembedding_VD
     from lmjax.training.steps import chunked_cross_entropy, cross_entropy
 
     c = base_config()
     c.model.num_layers, c.model.num_heads, c.model.width, c.model.tie_embeddings = 2, 2, 32, tied
-    model = Transformer(ModelConfig.from_config(resolve(c).model, vocab_size=300, max_len=64))
+    model = Transformer(resolve(c).model.replace(vocab_size=300, max_len=64))
     rng = np.random.default_rng(0)
     x_BL, t_BL = (jnp.asarray(rng.integers(0, 300, (4, 64)), jnp.int32) for _ in range(2))
     params = unboxed(model.init(jax.random.key(0), x_BL)["params"])
@@ -163,12 +163,13 @@ def test_chunked_loss_never_holds_the_whole_logits():
 def test_workdir_check_treats_keys_added_later_as_defaults(tmp_path):
     from lmjax.errors import ConfigError
     from lmjax.training.loop import check_workdir
+    from lmjax.workdir import Workdir
 
     cfg = base_config().to_dict()
     saved = json.loads(json.dumps(cfg))
     del saved["model"]["linear_chunk"]  # a run saved before this key existed
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    check_workdir(tmp_path, cfg, force=False)
+    check_workdir(Workdir(tmp_path), cfg, force=False)
     cfg["model"]["width"] = 512
     with pytest.raises(ConfigError, match="config.model.width: 256 -> 512"):
-        check_workdir(tmp_path, cfg, force=False)
+        check_workdir(Workdir(tmp_path), cfg, force=False)
