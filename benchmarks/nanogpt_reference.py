@@ -18,7 +18,7 @@ Prints one JSON line: shape, median/p10/p90 ms per step, tokens/s, torch version
 
 from __future__ import annotations
 
-import argparse
+import argparse  # not absl: this runs under the PyTorch venv, without lmjax's dependencies
 import json
 import math
 import statistics

@@ -9,14 +9,14 @@ Each start is timed from launch to the moment its first metrics row (written whe
 step's loss is on the host) appears in metrics.jsonl; the process is then stopped. The row also
 gives the run's own `time_to_first_step`, counted from `train()`'s start, so the difference is
 the interpreter's start and imports. Appends a row to the "Second start" table of
-benchmarks/RESULTS.md and writes a JSON record under benchmarks/results/.
+benchmarks/RESULTS.md and writes a JSON record under benchmarks/results/. This process runs no
+JAX and leaves itself as it is (no `setup_command_process`), so each start pays its own set-up
+(re-execution with the malloc tunables included), as a user's does.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -25,27 +25,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.speedrun import REPO, add_record_flags, lmjax_command, parse_with_overrides, save_record
+from absl import flags
 
-TABLE_TITLE = "## Second start: launch to first step with the compilation cache warm"
-TABLE_HEADER = """\
-Wall clock from launching `lmjax train` (the console script) to its first metrics row, in a
-fresh workdir, after one start that filled the compilation cache; median of the starts listed.
-`from train()` is the run's own `time_to_first_step`. Written by `python -m benchmarks.second_start`.
-Goal (issue 5): <= 2 s.
-
-| date | host | label | config | launch to first step (s) | median s | from train() median s |
-|---|---|---|---|---|---|---|
-"""
+from benchmarks import cli, records
 
 
 def start_once(config: str, overrides: list[str], workdir: Path, timeout: float = 600) -> dict:
-    cmd = [*lmjax_command(), "train", f"--config={config}", *overrides, f"--workdir={workdir}",
-           "--noprogress", "--config.sample.prompt="]
     metrics = workdir / "metrics.jsonl"
     stderr = tempfile.TemporaryFile("w+")  # a file, not a pipe nobody drains while we wait
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+    proc = subprocess.Popen(cli.lmjax_train(config, overrides, workdir), cwd=cli.REPO,
+                            stdout=subprocess.DEVNULL, stderr=stderr, text=True)
     try:
         while not (metrics.exists() and metrics.stat().st_size > 0):
             if proc.poll() is not None:
@@ -64,37 +54,32 @@ def start_once(config: str, overrides: list[str], workdir: Path, timeout: float 
     return {"launch_to_first_step_s": wall, "time_to_first_step_s": first["time_to_first_step"]}
 
 
+def _define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_integer("repeats", 10, "Timed starts, after the one that fills the cache.",
+                         flag_values=fv)
+    records.define_flags(fv)
+
+
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True)
-    p.add_argument("--repeats", type=int, default=10)
-    add_record_flags(p)
-    args, overrides = parse_with_overrides(p, argv)
-    load = os.getloadavg()[0]
+    argv = sys.argv[1:] if argv is None else list(argv)
+    fv = cli.parse("benchmarks.second_start", __doc__, argv, _define_flags, config="required")
+    config, overrides = fv["config"].config_filename, cli.config_overrides(argv)
+    load = records.load_avg()
     starts = []
     with tempfile.TemporaryDirectory(prefix="lmjax-second-start-") as tmp:
-        for i in range(args.repeats + 1):  # the first start fills the cache; it is not counted
+        for i in range(fv.repeats + 1):  # the first start fills the cache; it is not counted
             workdir = Path(tmp) / "run"
             shutil.rmtree(workdir, ignore_errors=True)
-            s = start_once(args.config, overrides, workdir)
+            s = start_once(config, overrides, workdir)
             print(f"[second_start] start {i}{' (fills the cache)' if i == 0 else ''}: "
                   f"{s['launch_to_first_step_s']:.2f} s", file=sys.stderr)
             if i:
                 starts.append(s)
-    return save_record(
-        {"config": args.config, "overrides": overrides, "label": args.label, "starts": starts,
-         "median_launch_to_first_step_s": statistics.median(s["launch_to_first_step_s"] for s in starts),
-         "median_time_to_first_step_s": statistics.median(s["time_to_first_step_s"] for s in starts)},
-        "second-start", args, load, row, TABLE_TITLE, TABLE_HEADER)
-
-
-def row(rec: dict) -> str:
-    config = f"`{Path(rec['config']).stem}`" + "".join(f" `{o}`" for o in rec["overrides"])
-    walls = " / ".join(f"{s['launch_to_first_step_s']:.2f}" for s in rec["starts"])
-    return (f"| {rec['date'][:16].replace('T', ' ')} | {rec['host']['cpu_count']} x cpu "
-            f"| {rec['label'] or '-'} | {config} | {walls} | {rec['median_launch_to_first_step_s']:.2f} "
-            f"| {rec['median_time_to_first_step_s']:.2f} |")
+    fields = {"config": config, "overrides": overrides, "label": fv.label, "starts": starts,
+              "median_launch_to_first_step_s": statistics.median(s["launch_to_first_step_s"] for s in starts),
+              "median_time_to_first_step_s": statistics.median(s["time_to_first_step_s"] for s in starts)}
+    return records.save_record(fields, "second-start", fv, records.SECOND_START, load=load)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

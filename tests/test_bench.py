@@ -19,7 +19,7 @@ from lmjax.training.steps import make_setup, mesh_context
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `benchmarks` is a folder of the checkout, not an installed package
     sys.path.insert(0, str(REPO))
-from benchmarks import harness  # noqa: E402
+from benchmarks import cli, harness, records  # noqa: E402
 
 
 def load_config_file(path: Path, arg=None):
@@ -59,6 +59,11 @@ def test_harness_smoke(tmp_path):
     assert f["sampling"]["1"]["tokens_per_s"] > 0 and f["sampling"]["8"]["tokens_per_s"] > 0
     assert saved["config"]["model"]["num_layers"] == 2 and saved["device"]["count"] == 1
     assert saved["overrides"][0] == "--config.model.num_layers=2"
+    # Provenance: the CPU by name, its vector extensions and cores; the code and the versions.
+    cpu = saved["host"]["cpu"]
+    assert cpu["model"] and isinstance(cpu["vector_extensions"], list) and cpu["cores"] >= 1
+    assert set(saved["code"]) == {"commit", "dirty"} and saved["versions"]["jax"] == jax.__version__
+    assert saved["host"]["device_count"] == 1 and "load_avg_1m_end" in saved["host"]
     # The input pipeline on the real corpus (byte tokens of tinyshakespeare).
     assert _positive(f["data_tokens_per_s"]) and _positive(f["data_to_train_ratio"])
     d = f["data_iterator"]
@@ -73,10 +78,11 @@ def test_harness_smoke(tmp_path):
     assert math.isfinite(f["checkpoint_overhead"]) and f["checkpoint_overhead"] > -1
     assert not results_md.exists()  # --no_append
     # The row format renders from the record, the new figures in the last two cells.
-    row = harness.results_row(saved)
-    assert row.count("|") == harness.RESULTS_HEADER.rstrip().splitlines()[-1].count("|")
+    row = records.results_row(saved)
+    assert row.count("|") == records.RESULTS_HEADER.rstrip().splitlines()[-1].count("|")
     assert row.endswith("x | " + f"{f['checkpoint_overhead']:+.1%} (every 3) |")
-    harness.append_row(results_md, row)
+    assert f"| 1 x cpu ({cpu['model']}) |" in row
+    records.append_row(results_md, row)
     text = results_md.read_text()
     assert text.startswith("# Benchmark results") and "`default` `--config.model.num_layers=2`" in text
 
@@ -113,16 +119,16 @@ def test_append_row_widens_an_older_table(tmp_path):
     path = tmp_path / "RESULTS.md"
     path.write_text(OLD_TABLE)
     new_row = "| 2026-12-01 00:00 | 1 x cpu | `default` | 1 | 2 | 3 | 4 | 5 | 6 | - | - | 900x | +1.0% (every 100) |"
-    harness.append_row(path, new_row)
-    harness.append_row(path, new_row)  # a second append neither re-widens nor repeats the notes
+    records.append_row(path, new_row)
+    records.append_row(path, new_row)  # a second append neither re-widens nor repeats the notes
     lines = path.read_text().splitlines()
-    new_header, new_rule = harness.RESULTS_HEADER.rstrip().splitlines()[-2:]
+    new_header, new_rule = records.RESULTS_HEADER.rstrip().splitlines()[-2:]
     h = lines.index(new_header)
     assert lines[h + 1] == new_rule
     assert lines[h + 2] == OLD_TABLE.splitlines()[-3]  # the old row, untouched
     assert lines[h + 3] == lines[h + 4] == new_row
     assert lines[h + 5:] == ["", "**Reference**: a note below the table."]
-    notes = harness.NEW_COLUMN_NOTES.rstrip().splitlines()
+    notes = records.NEW_COLUMN_NOTES.rstrip().splitlines()
     assert lines[h - 1] == "" and lines[h - 1 - len(notes):h - 1] == notes
     assert lines[h - 2 - len(notes)] == "- **sample tok/s**: at batch 1 / batch 8."
     assert sum(line.startswith("| date |") for line in lines) == 1
@@ -132,7 +138,7 @@ def test_append_row_widens_an_older_table(tmp_path):
            "figures": {"mfu": None, "sampling": {}, "params": 1e6, "tokens_per_step": 256,
                        "step_time_s": {"median": 0.01}, "tokens_per_s": 25600.0,
                        "time_to_first_step_s": 1.0, "peak_memory_bytes": None}}
-    assert harness.results_row(rec).endswith("| - | - | - |")
+    assert records.results_row(rec).endswith("| - | - | - |")
 
 
 def test_gpt2_small_compiles_ahead_of_time():
@@ -178,7 +184,7 @@ def test_speedrun_smoke(tmp_path):
     assert rec["runs"][0]["steps"] == 3 and rec["target_met"]
     assert 0 < rec["runs"][0]["val_loss"] < 10 and rec["median_wall_s"] > 0
     text = md.read_text()
-    assert speedrun.TABLE_TITLE in text and text.count("| smoke |") == 1
+    assert records.SPEEDRUN.title in text and text.count("| smoke |") == 1
     (record,) = (tmp_path / "out").iterdir()
     speedrun.main(["--append_records", str(record), "--label", "again", "--results_md", str(md)])
     rows = [line for line in md.read_text().splitlines() if line.startswith("| 20")]
@@ -199,10 +205,10 @@ def test_second_start_smoke(tmp_path, monkeypatch):
     (start,) = rec["starts"]
     assert 0 < start["time_to_first_step_s"] < start["launch_to_first_step_s"]  # train() is inside
     assert any((tmp_path / "cache" / "xla").glob("jit_train_step-*"))
-    assert second_start.TABLE_TITLE in md.read_text() and md.read_text().count("| smoke |") == 1
+    assert records.SECOND_START.title in md.read_text() and md.read_text().count("| smoke |") == 1
 
 
-def test_vs_nanogpt_rounds_and_row(tmp_path, monkeypatch):
+def test_vs_nanogpt_rounds_and_row(tmp_path):
     """The same-hour comparison: a real (tiny) harness run per round against a stand-in for the
     PyTorch reference that answers 12 ms, or 6 ms under lmjax's GLIBC_TUNABLES; ratio = theirs /
     ours, one row in its own section (no timing asserted about lmjax)."""
@@ -215,16 +221,16 @@ def test_vs_nanogpt_rounds_and_row(tmp_path, monkeypatch):
     tiny = ["--config", "configs/shakespeare_char.py", "--config.model.num_layers=1",
             "--config.model.width=32", "--config.train.batch_size=8", "--config.train.seq_len=16",
             "--steps", "3", "--warmup", "1"]
-    monkeypatch.setitem(vs_nanogpt.SHAPES, "baby", (tiny, []))
     md = tmp_path / "RESULTS.md"
     md.write_text("# Benchmark results\n")
     rec = vs_nanogpt.main(["--rounds", "1", "--torch_python", str(fake), "--torch_hugepages",
-                           "--results_md", str(md), "--out", str(tmp_path / "out")])
+                           "--results_md", str(md), "--out", str(tmp_path / "out")],
+                          shapes={"baby": (tiny, [])})
     (r,) = rec["rounds"]
     assert r["torch_ms"] == 12.0 and r["torch_hugepages_ms"] == 6.0 and r["lmjax_ms"] > 0
     assert rec["ratio"] == pytest.approx(12.0 / r["lmjax_ms"])
     text = md.read_text()
-    assert vs_nanogpt.TABLE_TITLE in text and text.count("| baby |") == 1
+    assert records.VS_NANOGPT.title in text and text.count("| baby |") == 1
     assert f"**{rec['ratio']:.2f}x**" in text and len(list((tmp_path / "out").iterdir())) == 1
 
 
@@ -245,5 +251,33 @@ def test_attention_dots_rounds_and_gflops(tmp_path):
     assert rec["gflops"]["torch_qk"] == pytest.approx(2 * 12 * 4 * 64 * 64 * 32 / 100.0 / 1e3, rel=1e-3)
     assert len(list(tmp_path.glob("*-attention_dots-baby.json"))) == 1
     text = md.read_text()
-    assert attention_dots.TABLE_TITLE in text and text.count("| baby (12, 4, 64, 32) |") == 1
+    assert records.ATTENTION_DOTS.title in text and text.count("| baby (12, 4, 64, 32) |") == 1
     assert "| 100.0 / 100.0 |" in text
+    assert "glibc_tunables" in r["jax"]  # the JAX child says how its process was set up
+
+
+def test_benchmark_flags(tmp_path):
+    """Every benchmark parses absl flags in a FlagValues of its own; --config.KEY=VAL overrides
+    are checked (as `lmjax train` checks them) before anything runs, and a bad flag, value or
+    stray argument is a ConfigError (exit status 2 under `cli.run`)."""
+    from benchmarks import attention_dots, second_start, speedrun, vs_nanogpt
+
+    assert cli.config_overrides(["--config", "c.py", "--config.a=1", "--config.b", "2",
+                                 "--config.flag", "--steps", "3"]) == [
+        "--config.a=1", "--config.b=2", "--config.flag"]
+    fv = cli.parse("x", "", ["--config", "configs/gpt2_small.py:b32"], lambda fv: None,
+                   config="optional")
+    assert cli.config_name(fv) == ("gpt2_small", "gpt2_small:b32")
+    out = ["--out", str(tmp_path), "--no_append"]
+    for main, argv in [
+        (speedrun.main, ["--config", "configs/speedrun_cpu.py", "--config.train.stepz=3"]),
+        (speedrun.main, ["--repeats", "1"]),  # no config
+        (second_start.main, ["--repeats", "1"]),
+        (attention_dots.main, ["--shape", "huge"]),
+        (attention_dots.main, ["--config.train.steps=3"]),  # no config to override
+        (attention_dots.main, ["baby"]),
+        (vs_nanogpt.main, ["--torch_python", str(tmp_path / "none")]),
+    ]:
+        with pytest.raises(ConfigError):
+            main(argv + out)
+    assert not list(tmp_path.iterdir())

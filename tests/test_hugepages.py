@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from lmjax.process.hugepages import HUGEPAGES, KEEP_FREED, TUNABLES, hugepage_environ
+from lmjax.process.hugepages import ANNOUNCEMENT, HUGEPAGES, KEEP_FREED, TUNABLES, hugepage_environ
 
 MADVISE = dict(glibc=(2, 36), thp_mode="madvise")
 ALL = ":".join(TUNABLES)
@@ -37,16 +37,56 @@ def _clean_env():
     return {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LMJAX_HUGEPAGES")}
 
 
-def test_reexec_keeps_arguments_and_sets_the_variable():
-    code = ("import os, sys; from lmjax.process.hugepages import reexec_with_hugepages; "
-            "reexec_with_hugepages(); print(sys.argv[1:], os.environ.get('GLIBC_TUNABLES', ''))")
+REEXEC = ("import os, sys; from lmjax.process.hugepages import reexec_with_hugepages; "
+          "reexec_with_hugepages(); print(sys.argv[1:], os.environ.get('GLIBC_TUNABLES', ''))")
+
+
+def _launch(code: str, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *args], env=env, check=True,
+                          capture_output=True, text=True)
+
+
+def _announcements(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith(ANNOUNCEMENT)]
+
+
+def test_reexec_keeps_arguments_sets_the_variable_and_says_so_once():
     env = _clean_env()
-    out = subprocess.run([sys.executable, "-c", code, "a b", "--x=1"], env=env, check=True,
-                         capture_output=True, text=True).stdout.strip()
+    proc = _launch(REEXEC, env, "a b", "--x=1")
     # On this machine's kernel and libc the decision is hugepage_environ's; either way the
     # arguments arrive intact.
     wanted = hugepage_environ(env)
-    assert out == f"['a b', '--x=1'] {wanted['GLIBC_TUNABLES'] if wanted else ''}"
+    tunables = wanted["GLIBC_TUNABLES"] if wanted else ""
+    assert proc.stdout.strip() == f"['a b', '--x=1'] {tunables}"
+    # One line on stderr per launch, naming the tunables: the re-executed image runs the same
+    # call again, finds them set, and stays quiet.
+    assert _announcements(proc.stderr) == ([f"{ANNOUNCEMENT}{tunables} (LMJAX_HUGEPAGES=0 skips this)"]
+                                           if wanted else [])
+
+
+def test_setup_command_process_announces_once():
+    code = ("import os; from lmjax.process import setup_command_process; "
+            "setup_command_process(compile_cache=False); print(os.environ.get('GLIBC_TUNABLES', ''))")
+    env = _clean_env()
+    proc = _launch(code, env)
+    wanted = hugepage_environ(env)
+    assert proc.stdout.strip() == (wanted["GLIBC_TUNABLES"] if wanted else "")
+    assert len(_announcements(proc.stderr)) == (1 if wanted else 0)
+
+
+def test_no_reexec_when_switched_off_or_already_set():
+    off = _launch(REEXEC, {**_clean_env(), "LMJAX_HUGEPAGES": "0"})
+    assert off.stdout == "[] \n" and ANNOUNCEMENT not in off.stderr
+    already = _launch(REEXEC, {**_clean_env(), "GLIBC_TUNABLES": ALL})
+    assert already.stdout.strip() == f"[] {ALL}" and ANNOUNCEMENT not in already.stderr
+
+
+def test_importing_lmjax_leaves_the_process_alone():
+    """`import lmjax` (a notebook) neither sets GLIBC_TUNABLES nor re-executes: only a command's
+    setup_command_process() does."""
+    code = "import lmjax, lmjax.process, os; print(os.environ.get('GLIBC_TUNABLES', ''))"
+    proc = _launch(code, _clean_env())
+    assert proc.stdout == "\n" and ANNOUNCEMENT not in proc.stderr
 
 
 FAULTS = """
