@@ -79,10 +79,17 @@ def cannot_write(path: Path, e: OSError) -> WorkdirError:
                         "choose a --workdir you can write to, or free disk space")
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """The rows of a metrics.jsonl, in order; lines torn by a kill mid-write are skipped."""
+def read_metrics(path: Path, tail_bytes: int | None = None) -> list[dict]:
+    """The rows of a metrics.jsonl, in order; lines torn by a kill mid-write are skipped.
+    tail_bytes: only the rows in the file's last that many bytes (a progress display's read)."""
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            cut = tail_bytes is not None and size > tail_bytes
+            f.seek(size - tail_bytes if cut else 0)
+            if cut:
+                f.readline()  # the first line is cut
+            text = f.read().decode("utf-8", errors="replace")
     except OSError:
         return []
     rows = []
@@ -187,14 +194,8 @@ class Workdir:
         f = read_json(self.file(FAILED))
         return f if isinstance(f, dict) else {"error": "failed.json is unreadable"}
 
-    def metrics(self) -> list[dict]:
-        return read_metrics(self.file(METRICS))
-
-    def last_step(self) -> int:
-        """The last logged step (0 when nothing was logged), read from the end of metrics.jsonl."""
-        for row in reversed(self.metrics()):
-            return int(row["step"])
-        return 0
+    def metrics(self, tail_bytes: int | None = None) -> list[dict]:
+        return read_metrics(self.file(METRICS), tail_bytes)
 
     def checkpoint_steps(self) -> list[int]:
         """Complete checkpoint steps on disk (orbax's in-flight `<step>.orbax-checkpoint-tmp`

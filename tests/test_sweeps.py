@@ -16,9 +16,12 @@ import jax  # noqa: F401  (imported before the compile-cache variables below are
 import pytest
 
 from lmjax import config as config_lib
+from lmjax.formatting import sci, si
 from lmjax.sweeps import SweepError, chain, derive, expand, product, run_name, zip_
-from lmjax.sweeps import cli, runner, slurm
-from lmjax.sweeps.spec import Run, estimate
+from lmjax.sweeps import cli, display, launch, runner, slots, slurm, trainlog
+from lmjax.sweeps.budget import estimate
+from lmjax.sweeps.spec import SweepRun
+from lmjax.workdir import Workdir
 
 REPO = Path(__file__).resolve().parents[1]
 ATTENTION_VARIANTS = REPO / "experiments" / "attention_variants" / "config.py"
@@ -86,8 +89,7 @@ def by_name(runs):
 
 
 def headers(run_dir: Path) -> list[str]:
-    log = run_dir / "train.log"
-    return [ln for ln in log.read_text().splitlines() if ln.startswith(runner.HEADER)] if log.exists() else []
+    return trainlog.headers(run_dir / "train.log")
 
 
 # --- expansion ----------------------------------------------------------------------------------
@@ -147,29 +149,23 @@ def test_expand_rejects_duplicates_typos_and_bad_values(tiny):
     assert runs[0].config_hash != runs[1].config_hash
 
 
-def test_config_hash_ignores_keys_at_their_default(monkeypatch):
-    """A key added to the schema later (at its default) must not turn finished runs stale."""
+def test_config_hash_ignores_keys_at_their_default():
+    """A key added to the schema later (at its default) must not turn finished runs stale: a
+    config saved before `model.attention_impl` existed hashes as one with it at its default."""
+    import ml_collections
+
     from lmjax import config as config_lib
     from lmjax.sweeps.spec import config_hash
 
-    old_schema = config_lib.base_config
-    c = old_schema()
+    c = config_lib.base_config()
     c.train.steps = 7
-    before = config_hash(c)
-
-    def grown_schema():  # the schema of a later version, one key longer
-        g = old_schema()
-        g.model.some_future_key = False
-        return g
-
-    monkeypatch.setattr(config_lib, "base_config", grown_schema)
-    c = grown_schema()
-    c.train.steps = 7
-    assert config_hash(c) == before
-    c.model.some_future_key = True  # set away from its default: another run
-    assert config_hash(c) != before
-    c.model.some_future_key, c.train.steps = False, 8
-    assert config_hash(c) != before
+    before = config_lib.base_config().to_dict()
+    before["train"]["steps"] = 7
+    del before["model"]["attention_impl"]  # the schema of an earlier version, one key shorter
+    assert config_hash(c) == config_hash(ml_collections.ConfigDict(before))
+    assert config_hash(config_lib.resolve(c)) == config_hash(c)
+    c.model.attention_impl = "xla"  # set away from its default: another run
+    assert config_hash(c) != config_hash(ml_collections.ConfigDict(before))
 
 
 def test_cli_bad_input_is_one_error_line(tiny, tmp_path, capsys):
@@ -219,46 +215,72 @@ def test_dry_run_lists_runs_with_params_flops_and_time(capsys):
     for r in runs:
         row = next(ln for ln in lines if ln.startswith(r.name + " "))
         e = estimate(r.config)
-        assert runner.fmt_count(e["params"]) in row and f"{e['flops']:.3g}" in row
-        assert re.search(r"\d+(s|m\d\ds|h\d\dm)$", row), row  # estimated time
-    assert re.search(rf"^{len(runs)} runs, [\d.e+]+ training FLOPs", out, re.M)
+        assert si(e["params"], 4) in row and sci(e["flops"]) in row and f" {r.steps} " in row
+        assert re.search(r"(\d+\.\d s|\d+m\d\ds|\d+h\d\dm)$", row), row  # estimated time
+    assert re.search(rf"^{len(runs)} runs, [\d.e]+ training FLOPs", out, re.M)
     assert "estimated" in out and "assumed MFU" in out and "TOTAL" in out
 
 
 # --- status, slots --------------------------------------------------------------------------------
 
 def test_status_is_derived_from_the_workdir(tmp_path):
-    run = Run(name="r", overrides={}, workdir=tmp_path / "r", config_hash="abc")
-    assert runner.run_status(run) == "pending"
+    run = SweepRun(name="r", overrides={}, workdir=tmp_path / "r", config_hash="abc")
+    wd = Workdir(run.workdir)
+    assert run.status() == "pending"
+    wd.create()
+    (run.workdir / "metrics.jsonl").write_text('{"step": 3, "loss": 2.5}\n')
+    assert run.status() == "partial"  # logged steps, no checkpoint yet: partial too
+    assert display.progress(run) == {"step": 3, "loss": 2.5}
     (run.workdir / "checkpoints" / "5").mkdir(parents=True)
-    assert runner.run_status(run) == "partial"
+    assert run.status() == "partial"
     (run.workdir / "failed.json").write_text("{}")
-    assert runner.run_status(run) == "failed"
-    fd = runner.try_lock(run.workdir)
-    assert runner.run_status(run) == "running" and runner.try_lock(run.workdir) is None
+    assert run.status() == "failed"
+    fd = wd.try_lock()
+    assert run.status() == "running" and wd.try_lock() is None
+    assert run.status(check_lock=False) == "failed"  # the lock is our own
     os.close(fd)
     (run.workdir / "result.json").write_text(json.dumps({"config_hash": "other"}))
-    assert runner.run_status(run) == "stale"
+    assert run.status() == "stale"
     (run.workdir / "result.json").write_text(json.dumps({"config_hash": "abc"}))
-    assert runner.run_status(run) == "done"
+    assert run.status() == "done"
+    assert re.search(r"^r +done +3/0 +2\.5 ", runner.status_report([run]), re.M)
 
 
 def test_slots_split_cpus_and_gpus_and_set_the_child_env(monkeypatch):
-    two = runner.make_slots(2, cpus=[0, 1], gpus=[])
+    two = slots.make_slots(2, cpus=[0, 1], gpus=[])
     assert [s.cpus for s in two] == [[0], [1]] and [s.threads for s in two] == [1, 1]
-    assert runner.make_slots(1, cpus=[0, 1], gpus=[])[0].cpus is None  # one run: not pinned
-    four = runner.make_slots(2, cpus=[0, 1, 2, 3], gpus=["0", "1", "2", "3"])
+    assert slots.make_slots(1, cpus=[0, 1], gpus=[])[0].cpus is None  # one run: not pinned
+    four = slots.make_slots(2, cpus=[0, 1, 2, 3], gpus=["0", "1", "2", "3"])
     assert [s.cpus for s in four] == [[0, 1], [2, 3]] and [s.gpus for s in four] == [["0", "1"], ["2", "3"]]
-    shared = runner.make_slots(4, cpus=[0, 1, 2, 3], gpus=["0", "1"])
+    shared = slots.make_slots(4, cpus=[0, 1, 2, 3], gpus=["0", "1"])
     assert [s.gpus for s in shared] == [["0"], ["1"], ["0"], ["1"]] and shared[0].gpu_share == 2
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_dump_to=/x")
-    run = Run(name="r", overrides={}, workdir=Path("/tmp/r"), config=config_lib.resolve(config_lib.base_config()))
-    env = runner.child_env(run, two[1])
+    run = SweepRun(name="r", overrides={}, workdir=Path("/tmp/r"),
+                   config=config_lib.resolve(config_lib.base_config()))
+    env = slots.child_env(run, two[1])
     assert env["XLA_FLAGS"] == "--xla_dump_to=/x --xla_force_host_platform_device_count=1"
     assert env["OMP_NUM_THREADS"] == "1"
     assert env.get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES")  # no GPU slice
-    env = runner.child_env(run, shared[1])
+    env = slots.child_env(run, shared[1])
     assert env["CUDA_VISIBLE_DEVICES"] == "1" and float(env["XLA_PYTHON_CLIENT_MEM_FRACTION"]) == pytest.approx(0.45)
+
+
+def test_launch_pins_the_run_and_follows_its_parent():
+    """`python -m lmjax.sweeps.launch`: the run's process pins itself, then becomes the command."""
+    show = [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"]
+    assert launch.command(show, cpus=None, parent_pid=None) == show
+    cmd = launch.command(show, cpus=[0], parent_pid=os.getpid())
+    assert cmd[:3] == [sys.executable, "-m", "lmjax.sweeps.launch"] and cmd[-len(show):] == show
+    assert launch.parse(cmd[3:]) == ([0], os.getpid(), show)
+    if hasattr(os, "sched_setaffinity"):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert (out.returncode, out.stdout.strip()) == (0, "[0]"), out.stderr
+    # a parent that is not ours (the sweep died before the run started): the run never starts
+    other = launch.command(show, cpus=None, parent_pid=1 if os.getpid() != 1 else 2)
+    assert subprocess.run(other, capture_output=True, timeout=60).returncode == 128 + signal.SIGTERM
+    bad = subprocess.run([sys.executable, "-m", "lmjax.sweeps.launch", "--cpus=0"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: no command after --")
 
 
 # --- real runs ------------------------------------------------------------------------------------
@@ -277,7 +299,7 @@ def test_parallel_sweep_isolates_failure_then_skips_done_and_retries_failed(tiny
     # the two good runs ran at the same time, each pinned to its own core
     assert max(x["started_unix"] for x in res) < min(x["finished_unix"] for x in res)
     cpus = {re.search(r"\(cpus ([\d,]+)\)", headers(w)[0]).group(1) for w in (r0, r1)}
-    assert len(cpus) == min(2, len(runner.available_cpus())), cpus
+    assert len(cpus) == min(2, len(slots.available_cpus())), cpus
     failed = json.loads((bad / "failed.json").read_text())
     assert failed["returncode"] == 2 and "missing.txt" in failed["error"] and failed["error"].startswith("error:")
     assert "failed: corpus-missing" in out.getvalue()
@@ -299,7 +321,7 @@ def test_parallel_sweep_isolates_failure_then_skips_done_and_retries_failed(tiny
 
 
 def _logged_step(workdir: Path) -> int:
-    return runner.progress(Run(name="x", overrides={}, workdir=workdir)).get("step", 0)
+    return display.progress(SweepRun(name="x", overrides={}, workdir=workdir)).get("step", 0)
 
 
 @pytest.mark.slow
@@ -314,7 +336,7 @@ def test_interrupted_sweep_finishes_only_the_missing_runs(tiny):
     out, _ = proc.communicate(timeout=180)
     assert proc.returncode == 130, out
     assert "SIGINT: stopping" in out and "interrupted" in out
-    assert runner.has_checkpoints(long_dir) and not (long_dir / "result.json").exists()
+    assert Workdir(long_dir).has_checkpoints() and not (long_dir / "result.json").exists()
     assert not (long_dir / "failed.json").exists()
     stopped_at = _logged_step(long_dir)
     assert 40 <= stopped_at < 3000

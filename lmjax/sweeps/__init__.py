@@ -4,23 +4,21 @@ SLURM, with skip / resume / failure isolation derived from each run's workdir.
     lmjax sweep --config experiments/NAME/config.py:ARG [--parallel N] [--dry-run] [--slurm]
 """
 
+from lmjax.sweeps.budget import budget_steps, estimate, steps_for_budget
 from lmjax.sweeps.spec import (
     Point,
-    Run,
     SweepError,
+    SweepRun,
     apply_overrides,
-    budget_steps,
     chain,
     derive,
-    estimate,
     expand,
     product,
     run_name,
-    steps_for_budget,
     zip_,
 )
 
 __all__ = [
-    "Point", "Run", "SweepError", "apply_overrides", "budget_steps", "chain", "derive", "estimate",
+    "Point", "SweepError", "SweepRun", "apply_overrides", "budget_steps", "chain", "derive", "estimate",
     "expand", "product", "run_name", "steps_for_budget", "zip_",
 ]

@@ -106,8 +106,9 @@ def run(fv: flags.FlagValues) -> int:
         if not runs:
             raise SweepError(f"--only={fv.only!r} matches none of the sweep's runs")
     if fv.dry_run:
-        runner.run_sweep(runs, config_path=config_path, arg=arg, parallel=fv.parallel, dry_run=True,
-                         mfu=fv.mfu or None)
+        from lmjax.sweeps.dry_run import dry_run_report
+
+        print(dry_run_report(runs, parallel=fv.parallel, mfu=fv.mfu or None))
         return 0
     if fv.status:
         print(runner.status_report(runs))
@@ -153,9 +154,9 @@ def _submit(fv, runs, config_path, arg) -> int:
         print(f"progress: lmjax sweep --config {fv.config} --status")
         return 0
     statuses = slurm.wait(jobs, todo)
-    from lmjax.sweeps import runner
+    from lmjax.sweeps.runner import status_report
 
-    print(runner.status_report(runs))
+    print(status_report(runs))
     return 1 if any(st == "failed" for st in statuses.values()) else 0
 
 

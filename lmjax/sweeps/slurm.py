@@ -21,18 +21,11 @@ from typing import Any
 
 import submitit
 
-from lmjax.sweeps.runner import (
-    HEADER,
-    LOG,
-    Slot,
-    available_cpus,
-    child_env,
-    finish_run,
-    run_status,
-    train_command,
-    try_lock,
-)
-from lmjax.sweeps.spec import Run, SweepError, runs_folder
+from lmjax.sweeps import trainlog
+from lmjax.sweeps.runner import finish_run, prepare, train_command
+from lmjax.sweeps.slots import Slot, available_cpus, child_env
+from lmjax.sweeps.spec import SweepError, SweepRun, runs_folder
+from lmjax.workdir import LOG, Workdir
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -50,36 +43,37 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __setstate__(self, state):
         self.__init__(state["config_path"], state["arg"])
 
-    def __call__(self, run: Run) -> str:
-        if run_status(run) == "done":
+    def __call__(self, run: SweepRun) -> str:
+        if run.status() == "done":
             return "done"
-        lock_fd = try_lock(run.workdir)
+        lock_fd = Workdir(run.workdir).try_lock()
         if lock_fd is None:
             return "running"  # another job or sweep is training it
         try:
-            if run_status(run, check_lock=False) == "done":  # finished while we queued
+            if run.status(check_lock=False) == "done":  # finished while we queued
                 return "done"
-            cmd = train_command(run, self.config_path, self.arg)
-            # the job's allocation (cgroup, CUDA_VISIBLE_DEVICES) already is this run's slice
-            slot = Slot(index=0, cpus=None, threads=len(available_cpus()))
-            wd = Path(run.workdir)
-            (wd / "failed.json").unlink(missing_ok=True)
-            started = time.time()
-            with open(wd / LOG, "a") as log:
-                job = os.environ.get("SLURM_JOB_ID") or f"local pid {os.getpid()}"
-                log.write(f"{HEADER} {time.strftime('%Y-%m-%d %H:%M:%S')} job {job}: {' '.join(cmd)}\n")
-                log.flush()
-                self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                              stdin=subprocess.DEVNULL, env=child_env(run, slot),
-                                              pass_fds=(lock_fd,))
-            while self._proc.poll() is None:  # poll, not wait(): checkpoint() may run meanwhile
-                time.sleep(0.5)
-            return finish_run(run, self._proc.returncode, interrupted=self._interrupted,
-                              elapsed=time.time() - started)
+            return self._train(run, lock_fd)
         finally:
             os.close(lock_fd)
 
-    def checkpoint(self, run: Run) -> submitit.helpers.DelayedSubmission:
+    def _train(self, run: SweepRun, lock_fd: int) -> str:
+        cmd = train_command(run, self.config_path, self.arg)
+        # the job's allocation (cgroup, CUDA_VISIBLE_DEVICES) already is this run's slice
+        slot = Slot(index=0, cpus=None, threads=len(available_cpus()))
+        wd = prepare(run)
+        job = os.environ.get("SLURM_JOB_ID") or f"local pid {os.getpid()}"
+        started = time.time()
+        with open(wd.file(LOG), "a") as log:
+            trainlog.write_header(log, f"job {job}", cmd)
+            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, env=child_env(run, slot),
+                                          pass_fds=(lock_fd,))
+        while self._proc.poll() is None:  # poll, not wait(): checkpoint() may run meanwhile
+            time.sleep(0.5)
+        return finish_run(run, self._proc.returncode, interrupted=self._interrupted,
+                          elapsed=time.time() - started)
+
+    def checkpoint(self, run: SweepRun) -> submitit.helpers.DelayedSubmission:
         """Pre-timeout / preemption: let the run checkpoint, then requeue the same job."""
         self._interrupted = True
         proc = self._proc
@@ -112,18 +106,18 @@ def parse_time(text: str | int) -> int:
     return days * 1440 + h * 60 + m + (1 if sec else 0)
 
 
-def submit(runs: list[Run], *, config_path, arg: str | None, executor: str = "slurm",
+def submit(runs: list[SweepRun], *, config_path, arg: str | None, executor: str = "slurm",
            array: bool = True, folder: str | Path | None = None, timeout_min: int = 240,
            gpus_per_run: int = 0, cpus_per_run: int | None = None, partition: str | None = None,
            array_parallelism: int | None = None, slurm_kwargs: dict[str, Any] | None = None,
-           retry_failed: bool = True) -> tuple[list, list[Run]]:
+           retry_failed: bool = True) -> tuple[list, list[SweepRun]]:
     """Submit the runs that are not done (and not running elsewhere) as one job array, or one
     job per run. `executor`: 'slurm' or 'local' (submitit's LocalExecutor, for tests).
     Returns (jobs, the runs they train), in the same order."""
     if executor not in ("slurm", "local"):
         raise SweepError(f"executor must be 'slurm' or 'local', got {executor!r}")
     skip = {"done", "running"} | (set() if retry_failed else {"failed"})
-    todo = [r for r in runs if run_status(r) not in skip]
+    todo = [r for r in runs if r.status() not in skip]
     folder = Path(folder) if folder else runs_folder(config_path, arg) / "_submitit"
     if not todo:
         return [], []
@@ -167,14 +161,14 @@ _GENERIC = {"mem_gb", "timeout_min", "gpus_per_node", "cpus_per_task", "nodes", 
             "name", "stderr_to_stdout"}
 
 
-def wait(jobs: list, runs: list[Run]) -> dict[str, str]:
+def wait(jobs: list, runs: list[SweepRun]) -> dict[str, str]:
     """Block until every job ends; run name -> status (from the workdir, as everywhere)."""
     for job in jobs:
         try:
             job.result()
         except Exception:  # noqa: BLE001 - the workdir tells what happened
             pass
-    return {r.name: run_status(r) for r in runs}
+    return {r.name: r.status() for r in runs}
 
 
 __all__ = ["TrainJob", "parse_time", "submit", "wait"]

@@ -19,8 +19,9 @@ one point that sets several keys, and the run name shows `size-s64`.
 
 Run names come from the points' labels, in axis order: `attention-gqa_size-s64`. Keys added with
 `derive(sweep, fn)` (values computed from the other overrides, e.g. steps from a token budget)
-are applied but do not appear in the name. `expand(config_path, arg)` validates every run's
-resolved config before anything starts, so a typo or a bad value fails at once.
+are applied but do not appear in the name. `expand(config_path, arg)` returns one `SweepRun` per
+point (name, overrides, workdir, resolved config and its hash), validating every run's resolved
+config before anything starts, so a typo or a bad value fails at once.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import hashlib
 import importlib.util
 import itertools
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -39,6 +39,7 @@ import ml_collections
 
 from lmjax import config as config_lib
 from lmjax.errors import ConfigError
+from lmjax.workdir import Workdir
 
 SCALARS = (bool, int, float, str)
 
@@ -70,8 +71,9 @@ Sweep = list  # a list of Point (or plain dict)
 
 
 @dataclasses.dataclass
-class Run:
-    """One run of a sweep: its name, the overrides applied to the base config, its workdir."""
+class SweepRun:
+    """One run of a sweep: its name, the overrides applied to the base config, its workdir.
+    (Not `lmjax.Run`, which is a finished run loaded for a notebook.)"""
 
     name: str
     overrides: dict[str, Any]
@@ -83,28 +85,26 @@ class Run:
     def steps(self) -> int:
         return int(self.config.train.steps) if self.config is not None else 0
 
+    def status(self, *, check_lock: bool = True) -> str:
+        """The run's status from its workdir (see lmjax.workdir); check_lock=False when this
+        process holds the run's lock itself."""
+        return Workdir(self.workdir).status(self.config_hash, check_lock=check_lock)
+
 
 # --- keys ---------------------------------------------------------------------------------------
 
-def valid_keys() -> list[str]:
-    return config_lib.flat_keys(config_lib.base_config())
-
-
 def check_key(key: str) -> str:
-    valid = valid_keys()
-    if key not in valid:
-        raise SweepError(
-            f"unknown config key 'config.{key}' in the sweep; did you mean "
-            f"'config.{config_lib.nearest_key(key, valid)}'?"
-        )
-    return key
+    try:
+        return config_lib.check_key(key, where=" in the sweep")
+    except ConfigError as e:
+        raise SweepError(str(e)) from None
 
 
 def resolve_key(name: str) -> str:
     """A keyword-argument axis name -> a dotted config key (`width` -> `model.width`)."""
     if "." in name or "__" in name:
         return check_key(name.replace("__", "."))
-    valid = valid_keys()
+    valid = config_lib.flat_keys()
     matches = [k for k in valid if k.rsplit(".", 1)[-1] == name]
     if len(matches) == 1:
         return matches[0]
@@ -121,7 +121,8 @@ def resolve_key(name: str) -> str:
 
 # --- combinators --------------------------------------------------------------------------------
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A value as a run name and a `--config.KEY=VALUE` flag write it: true, 0.003, gqa."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -131,7 +132,7 @@ def _fmt(value: Any) -> str:
 
 def _auto_labels(overrides: dict) -> list[tuple[str, str]]:
     leaves = [k.rsplit(".", 1)[-1] for k in overrides]
-    return [(k.rsplit(".", 1)[-1] if leaves.count(k.rsplit(".", 1)[-1]) == 1 else k, _fmt(v))
+    return [(k.rsplit(".", 1)[-1] if leaves.count(k.rsplit(".", 1)[-1]) == 1 else k, format_value(v))
             for k, v in overrides.items()]
 
 
@@ -160,7 +161,7 @@ def axis(name: str, values, *, keyword: bool = False) -> list[Point]:
         raise SweepError(f"sweep axis '{name}' needs a list of values, got {values!r}")
     key = resolve_key(name) if keyword else check_key(name)
     short = name.replace("__", ".") if keyword else key.rsplit(".", 1)[-1]
-    return [Point({key: _check_value(key, v)}, labels=[(short, _fmt(v))]) for v in values]
+    return [Point({key: _check_value(key, v)}, labels=[(short, format_value(v))]) for v in values]
 
 
 def _check_value(key: str, value):
@@ -303,7 +304,7 @@ def runs_folder(config_path: str | Path, arg: str | None) -> Path:
     return Path(config_path).resolve().parent / "runs" / _safe(arg or "default")
 
 
-def expand(config_path: str | Path, arg: str | None = None) -> list[Run]:
+def expand(config_path: str | Path, arg: str | None = None) -> list[SweepRun]:
     """The runs of the sweep in `config_path` (`get_sweep(arg)`), each resolved and validated."""
     module = load_module(config_path)
     for fn in ("get_config", "get_sweep"):
@@ -338,81 +339,16 @@ def expand(config_path: str | Path, arg: str | None = None) -> list[Run]:
             )
         seen[name] = dict(point)
         try:
-            resolved = config_lib.resolve(apply_overrides(base, point))
-            model_config(resolved)  # the model's own checks (heads vs kv heads, window, ...)
+            resolved = config_lib.resolve(apply_overrides(base, point))  # every check of the schema
         except ConfigError as e:
             raise SweepError(f"run '{name}': {e}") from e
-        runs.append(Run(name=name, overrides=dict(point), workdir=folder / name, config=resolved,
-                        config_hash=config_hash(resolved)))
+        runs.append(SweepRun(name=name, overrides=dict(point), workdir=folder / name, config=resolved,
+                             config_hash=config_hash(resolved)))
     return runs
 
 
-# --- estimates (dry run, budgets) ---------------------------------------------------------------
-
-def vocab_size(config) -> tuple[int, bool]:
-    """(vocabulary size, exact?). byte: 256. sentencepiece: config.data.vocab_size. char: the
-    corpus's distinct characters are only known once it is read, so config.data.vocab_size when
-    set, else an estimate of 100 (printable ASCII plus a few; tinyshakespeare has 65)."""
-    d = config.data
-    if d.tokenizer == "byte":
-        return 256, True
-    if d.vocab_size > 0:
-        return int(d.vocab_size), d.tokenizer == "sentencepiece"
-    return 100, False
-
-
-def model_config(config, vocab: int | None = None):
-    """`ModelConfig` of a resolved config. An attention variant this checkout does not implement
-    yet is counted as 'mha' with the same heads (same parameters and FLOPs formula)."""
-    from lmjax.models import ATTENTION, ModelConfig
-
-    vocab = vocab or vocab_size(config)[0]
-    m = config.model.to_dict()
-    if m.get("attention") == "mqa" and not m.get("num_kv_heads"):
-        m["num_kv_heads"] = 1  # multi-query: one key/value head
-    if m.get("attention") not in ATTENTION:
-        m["attention"] = "mha"
-    return ModelConfig.from_config(m, vocab_size=vocab, max_len=int(config.train.seq_len))
-
-
-def estimate(config) -> dict:
-    """Parameters, tokens and training FLOPs of one resolved config (no compute)."""
-    from lmjax.models import flops_per_token, param_count
-
-    vocab, exact = vocab_size(config)
-    mc = model_config(config, vocab)
-    t = config.train
-    tokens = int(t.steps) * int(t.batch_size) * int(t.seq_len)
-    fpt = flops_per_token(mc, int(t.seq_len))
-    return {
-        "params": param_count(mc),
-        "params_non_embedding": param_count(mc, embeddings=False),
-        "vocab_size": vocab,
-        "vocab_exact": exact,
-        "tokens": tokens,
-        "flops_per_token": fpt,
-        "flops": fpt * tokens,
-    }
-
-
-def steps_for_budget(config, tokens_per_param: float) -> int:
-    """Steps that give `tokens_per_param` training tokens per non-embedding parameter."""
-    est = estimate(config)
-    per_step = int(config.train.batch_size) * int(config.train.seq_len)
-    return max(1, math.ceil(tokens_per_param * est["params_non_embedding"] / per_step))
-
-
-def budget_steps(base, tokens_per_param: float) -> Callable[[dict], dict]:
-    """For `derive`: each point gets `train.steps` for a fixed tokens-per-parameter budget
-    (non-embedding parameters), computed on `base` (the get_config result) with the point applied."""
-    def fn(point: dict) -> dict:
-        cfg = config_lib.resolve(apply_overrides(base, point))
-        return {"train.steps": steps_for_budget(cfg, tokens_per_param)}
-    return fn
-
-
 __all__ = [
-    "Point", "Run", "SweepError", "apply_overrides", "axis", "budget_steps", "chain", "config_hash", "derive",
-    "estimate", "expand", "load_module", "model_config", "parse_config_arg", "product",
-    "run_name", "runs_folder", "steps_for_budget", "vocab_size", "zip_",
+    "Point", "SweepError", "SweepRun", "apply_overrides", "axis", "chain", "config_hash",
+    "derive", "expand", "format_value", "load_module", "parse_config_arg",
+    "product", "run_name", "runs_folder", "zip_",
 ]
