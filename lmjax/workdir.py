@@ -79,21 +79,26 @@ def cannot_write(path: Path, e: OSError) -> WorkdirError:
                         "choose a --workdir you can write to, or free disk space")
 
 
-def read_metrics(path: Path, tail_bytes: int | None = None) -> list[dict]:
-    """The rows of a metrics.jsonl, in order; lines torn by a kill mid-write are skipped.
-    tail_bytes: only the rows in the file's last that many bytes (a progress display's read)."""
+def tail_text(path: Path, nbytes: int | None = None) -> str:
+    """The whole lines in the last `nbytes` of a text file (all of it when None; "" when it cannot
+    be read): how logs and metrics are read while a run appends to them."""
     try:
         with open(path, "rb") as f:
             size = f.seek(0, os.SEEK_END)
-            cut = tail_bytes is not None and size > tail_bytes
-            f.seek(size - tail_bytes if cut else 0)
+            cut = nbytes is not None and size > nbytes
+            f.seek(size - nbytes if cut else 0)
             if cut:
                 f.readline()  # the first line is cut
-            text = f.read().decode("utf-8", errors="replace")
+            return f.read().decode("utf-8", errors="replace")
     except OSError:
-        return []
+        return ""
+
+
+def read_metrics(path: Path, tail_bytes: int | None = None) -> list[dict]:
+    """The rows of a metrics.jsonl, in order; lines torn by a kill mid-write are skipped.
+    tail_bytes: only the rows in the file's last that many bytes (a progress display's read)."""
     rows = []
-    for line in text.splitlines():
+    for line in tail_text(path, tail_bytes).splitlines():
         if line.strip():
             try:
                 row = json.loads(line)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import TextIO
+
+from lmjax.workdir import tail_text
 
 HEADER = "=== lmjax sweep"
 
@@ -57,16 +58,7 @@ def error_line(log_path: Path) -> str:
 
 def tail_lines(path: Path, nbytes: int) -> list[str]:
     """The whole lines in the last `nbytes` of a file ([] when it cannot be read)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - nbytes))
-            data = f.read()
-    except OSError:
-        return []
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    return lines[1:] if size > nbytes else lines
+    return tail_text(path, nbytes).splitlines()
 
 
 __all__ = ["HEADER", "attempt_lines", "error_line", "final_line", "headers", "tail_lines", "write_header"]
