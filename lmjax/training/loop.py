@@ -129,6 +129,29 @@ def _check_tokenizer(ckpt: Checkpointer, step: int, data: Dataset, force: bool) 
         )
 
 
+def run_info(config, data: Dataset, setup: Setup) -> dict:
+    """run.json: what the run is (fingerprints, sizes, mesh), what changes its numerics or speed
+    (the attention kernel that runs, process settings), and the code and machine behind it."""
+    model, mesh = setup.model_cfg, setup.mesh
+    return {
+        "corpus": config.data.corpus,
+        "corpus_fingerprint": data.corpus_fingerprint,
+        "tokenizer_fingerprint": data.tokenizer.fingerprint,
+        "vocab_size": data.tokenizer.vocab_size,
+        "params": param_count(model),
+        "params_non_embedding": param_count(model, embeddings=False),
+        "flops_per_token": flops_per_token(model, config.train.seq_len),
+        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "mesh": dict(mesh.shape),
+        "train_tokens": len(data.train),
+        "val_tokens": len(data.val),
+        "attention_impl": resolve_implementation(model.attention_impl, model.compute_dtype,
+                                                 model.head_dim, mesh.devices.flat[0]),
+        "processes": jax.process_count(),
+        **provenance(jax.devices()),
+    }
+
+
 def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: bool = False,
           devices=None, stop_at: int | None = None, print_fn=print) -> dict:
     """Train (or continue training) the run in `workdir`. Returns the final metrics.
@@ -158,36 +181,16 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
     else:
         _check_tokenizer(ckpt, start, data, force)
         state = ckpt.restore_state(start, setup.abstract_state)
-    n_params = param_count(setup.model_cfg)
-    flops_tok = flops_per_token(setup.model_cfg, tc.seq_len)
-    peak = hardware.peak_flops()
+    info = run_info(config, data, setup)
+    flops_tok, peak = info["flops_per_token"], hardware.peak_flops()
     if main:
         wd.truncate_metrics(start)
         wd.write_config(cfg_dict)
-        run_info = {
-            "corpus": config.data.corpus,
-            "corpus_fingerprint": data.corpus_fingerprint,
-            "tokenizer_fingerprint": data.tokenizer.fingerprint,
-            "vocab_size": data.tokenizer.vocab_size,
-            "params": n_params,
-            "params_non_embedding": param_count(setup.model_cfg, embeddings=False),
-            "flops_per_token": flops_tok,
-            "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-            "mesh": dict(mesh.shape),
-            "train_tokens": len(data.train),
-            "val_tokens": len(data.val),
-            # what changes numerics or speed, and the code and machine that produced the run
-            "attention_impl": resolve_implementation(
-                config.model.attention_impl, config.model.compute_dtype, setup.model_cfg.head_dim,
-                mesh.devices.flat[0]),
-            "processes": jax.process_count(),
-            **provenance(jax.devices()),
-        }
-        wd.write_run_info(run_info)
+        wd.write_run_info(info)
         print_fn(
-            f"lmjax: {n_params / 1e6:.2f}M params, {config.data.corpus} "
+            f"lmjax: {info['params'] / 1e6:.2f}M params, {config.data.corpus} "
             f"({len(data.train):,} train tokens, {data.tokenizer.kind} vocab {data.tokenizer.vocab_size}), "
-            f"mesh {dict(mesh.shape)} on {run_info['devices']}, "
+            f"mesh {info['mesh']} on {info['devices']}, "
             + (f"resuming at step {start}" if start else "starting at step 0")
         )
 
