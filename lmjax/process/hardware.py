@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
+from lmjax.process.provenance import cpu
 from lmjax.process.settings import Settings
 
 # Substring of jax's device_kind -> dense bf16 FLOP/s per chip. Order matters: first match wins.
@@ -51,7 +51,8 @@ def measure_cpu_matmul_flops(n: int = 2048, reps: int = 5) -> float:
 
 def cpu_peak_flops() -> float:
     """Measured float32 matmul rate of this machine, cached per CPU model and core count."""
-    key = f"{platform.processor() or platform.machine()}-{os.cpu_count()}"
+    host = cpu()  # keyed by CPU model: sessions land on different hosts (AMD EPYC, Intel Xeon)
+    key = f"{host['model']}-{host['cores']}"
     path = Settings.read().cache_dir / "cpu_peak_flops.json"
     try:
         cached = json.loads(path.read_text())
