@@ -39,7 +39,7 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "xl": (24, 32, 2048),
 }
 
-FAMILIES = ("decoder",)
+FAMILIES = ("decoder", "lstm", "mlp")
 TRANSFORMERS = ("decoder",)  # the families built from attention blocks
 TOKENIZERS = ("byte", "char", "sentencepiece")
 SP_MODEL_TYPES = ("bpe", "unigram")
@@ -129,11 +129,11 @@ class DataConfig:
 class _CommonModelKeys:
     family: str = key("decoder", "the model family", choices=FAMILIES)
     size: str = key("", "a name from SIZES; sets num_layers, num_heads and width", choices=("", *SIZES))
-    num_layers: int = key(4, "blocks", minimum=1)
-    width: int = key(256, "residual stream width", minimum=1)
+    num_layers: int = key(4, "blocks (decoder), LSTM layers (lstm), tanh hidden layers (mlp)", minimum=1)
+    width: int = key(256, "residual stream width; the LSTM's and the MLP's hidden and embedding width",
+                     minimum=1)
     dropout: float = key(0.0, "dropout after the embedding and each residual branch")
     dtype: str = key("float32", "compute dtype; parameters are always float32", choices=DTYPES)
-    remat: bool = key(False, "recompute activations in the backward pass")
     tie_embeddings: bool = key(True, "the unembedding is the embedding transposed")
 
 
@@ -155,10 +155,20 @@ class _TransformerKeys:
     norm: str = key("rmsnorm", "normalisation layer", choices=NORMS, families=TRANSFORMERS)
     scan_layers: bool = key(False, "one nn.scan over stacked layers (compiles one layer, not N)",
                             families=TRANSFORMERS)
+    remat: bool = key(False, "recompute each block's activations in the backward pass",
+                      families=TRANSFORMERS)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ModelConfig(_CommonModelKeys, _TransformerKeys):
+class _MlpLmKeys:
+    context: int = key(8, "mlp: how many previous tokens (the current one included) it sees",
+                       minimum=1, families=("mlp",))
+    direct: bool = key(False, "mlp: Bengio et al.'s direct connection from the context to the output",
+                       families=("mlp",))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig(_CommonModelKeys, _TransformerKeys, _MlpLmKeys):
     """config.model, plus the two dimensions the model needs from elsewhere."""
 
     vocab_size: int = derived("the tokenizer's vocabulary (0 until the data is prepared)")
@@ -312,6 +322,11 @@ class Config:
     mesh: MeshConfig
     train: TrainConfig
     sample: SampleConfig
+
+    def __post_init__(self):  # checks that span sections
+        if self.train.loss_chunk and self.model.family == "mlp" and self.model.direct:
+            raise ConfigError("config.train.loss_chunk projects the last hidden layer alone, without "
+                              "config.model.direct's context-to-output term; set loss_chunk=0 or direct=False")
 
     def to_dict(self) -> dict:
         """The config keys, section by section (what config.json and checkpoints hold)."""

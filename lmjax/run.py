@@ -116,7 +116,7 @@ def _one_device_mesh():
 def _runnable_here(config: config_lib.Config) -> config_lib.Config:
     """A run trained with cuDNN attention, loaded where there is none, uses 'auto' instead."""
     m = config.model
-    if (m.attention_impl == "cudnn"
+    if (m.family in config_lib.TRANSFORMERS and m.attention_impl == "cudnn"
             and resolve_implementation("auto", m.compute_dtype, m.head_dim) != "cudnn"):
         return dataclasses.replace(config, model=m.replace(attention_impl="auto"))
     return config

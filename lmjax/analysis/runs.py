@@ -127,8 +127,14 @@ def _get(d: dict | None, dotted: str, default=None):
 def variant_label(config: dict | None) -> str:
     """A run's variant from its config.json: `mha`, `mqa`, `linear`, `gqa-kv2` (grouped-query
     with 2 kv heads), `window32` (multi-head with a 32-token sliding window), `gqa-kv2-window32`
-    (any other attention with a window); `unknown` without a model config."""
+    (any other attention with a window); for the other families their name (`lstm`, and
+    `mlp-ctx8` with the context length); `unknown` without a model config."""
     model = _get(config, "model")
+    family = model.get("family", "decoder") if isinstance(model, dict) else "decoder"
+    if family == "mlp":
+        return f"mlp-ctx{model.get('context')}"
+    if family != "decoder":
+        return str(family)
     if not isinstance(model, dict) or "attention" not in model:
         return "unknown"
     label = str(model.get("attention") or "mha")

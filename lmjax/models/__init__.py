@@ -1,4 +1,7 @@
-"""The Transformer language model, its attention kernels, and sampling."""
+"""The model families (decoder Transformer, LSTM, MLP), the attention kernels, and sampling.
+
+`param_count`, `flops_per_token`, `init_params`, `init_cache` and `unembedding_VD` dispatch on
+cfg.family (`families.py`); `build(cfg)` is the family's Flax module."""
 
 from lmjax.config import ModelConfig
 from lmjax.models.attention import (
@@ -9,20 +12,18 @@ from lmjax.models.attention import (
     softmax_attention,
 )
 from lmjax.models.decode import generate, sample_logits, token_logprobs
-from lmjax.models.transformer import (
-    Transformer,
-    attend,
-    attention_flops_per_token,
+from lmjax.models.families import (
+    build,
     flops_per_token,
     init_cache,
     init_params,
     param_count,
-    unboxed,
     unembedding_VD,
 )
+from lmjax.models.transformer import Transformer, attend, attention_flops_per_token, unboxed
 
 __all__ = [
-    "ModelConfig", "Transformer", "alibi_slopes", "attend", "attention_flops_per_token",
+    "ModelConfig", "Transformer", "alibi_slopes", "attend", "attention_flops_per_token", "build",
     "attention_mask", "flops_per_token", "generate", "init_cache", "init_params",
     "linear_attention", "linear_attention_chunked", "param_count", "sample_logits",
     "softmax_attention", "token_logprobs", "unboxed", "unembedding_VD",

@@ -1,5 +1,6 @@
-"""Sampling from a trained Transformer with a KV cache (for linear attention, its running state),
-and scoring token sequences. Every attention variant decodes through the same `decode=True` calls."""
+"""Sampling from a trained model and scoring token sequences. Every family and attention variant
+decodes through the same `decode=True` calls: the Transformer with its KV cache (linear attention
+with its running state), the LSTM with its recurrent state, the MLP with its last tokens."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import numpy as np
 
 from lmjax.errors import LmjaxError
 from lmjax.config import ModelConfig
-from lmjax.models.transformer import Transformer, init_cache, unboxed
+from lmjax.models.families import build, init_cache
+from lmjax.models.transformer import unboxed
 
 _REMOVED = -1e30  # logit of tokens that top-k / top-p rule out
 
@@ -44,7 +46,7 @@ def sample_logits(logits_BV, rng, *, temperature, top_k, top_p):
 def _generate(params, tokens_BN, lengths_B, rng, temperature, top_k, top_p, *, cfg, prefix):
     """Fill tokens_BN from position `prefix` on: row b keeps its prompt (positions < lengths_B[b])
     and gets sampled tokens after it."""
-    model = Transformer(cfg)
+    model = build(cfg)
     B, N = tokens_BN.shape
 
     def step(cache, tokens_BT):
@@ -116,7 +118,7 @@ def generate(cfg: ModelConfig, params, prompts: list[Sequence[int]], *, max_new_
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _token_logprobs(params, ids_1N, *, cfg):
-    logits_1NV = Transformer(cfg).apply({"params": params}, ids_1N)
+    logits_1NV = build(cfg).apply({"params": params}, ids_1N)
     logp_NV = jax.nn.log_softmax(logits_1NV[0, :-1], axis=-1)
     return jnp.take_along_axis(logp_NV, ids_1N[0, 1:, None], axis=-1)[:, 0]
 

@@ -49,7 +49,8 @@ def run_row(run: SweepRun, status: str, rate: float) -> tuple[list, dict, float]
     m = run.config.model
     secs = STARTUP_S + e["flops"] / rate
     kv = f"/{m.num_kv_heads}kv" if m.num_kv_heads else ""
-    row = [run.name, status, f"{m.num_layers}x{m.width} h{m.num_heads}{kv}", _count(e["params"]),
+    shape = f"{m.num_layers}x{m.width} " + (f"h{m.num_heads}{kv}" if m.family == "decoder" else m.family)
+    row = [run.name, status, shape, _count(e["params"]),
            _count(e["params_non_embedding"]), run.steps, _count(e["tokens"]), sci(e["flops"]),
            duration(secs)]
     return row, e, secs

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lmjax import config as config_lib
+from lmjax.config import TRANSFORMERS
 from lmjax.checkpointing import Checkpointer
 from lmjax.data import Dataset, eval_batches, prepare, tokenizer_from_json, train_batch
 from lmjax.errors import CheckpointError, ConfigError, LmjaxError
@@ -145,8 +146,9 @@ def run_info(config, data: Dataset, setup: Setup) -> dict:
         "mesh": dict(mesh.shape),
         "train_tokens": len(data.train),
         "val_tokens": len(data.val),
-        "attention_impl": resolve_implementation(model.attention_impl, model.compute_dtype,
-                                                 model.head_dim, mesh.devices.flat[0]),
+        "attention_impl": (resolve_implementation(model.attention_impl, model.compute_dtype,
+                                                  model.head_dim, mesh.devices.flat[0])
+                           if model.family in TRANSFORMERS else None),
         "processes": jax.process_count(),
         **provenance(jax.devices()),
     }

@@ -14,7 +14,7 @@ import optax
 from jax.sharding import Mesh
 
 from lmjax.config import resolve
-from lmjax.models import ModelConfig, Transformer, unembedding_VD
+from lmjax.models import ModelConfig, build, unembedding_VD
 from lmjax.training import sharding
 from lmjax.training.optimizer import lr_schedule, make_optimizer
 
@@ -67,7 +67,7 @@ class Setup:
     """Everything derived from (config, vocabulary, mesh) that the loop and loaders share."""
 
     model_cfg: ModelConfig
-    model: Transformer
+    model: nn.Module  # the family's model (lmjax.models.build)
     optimizer: optax.GradientTransformation
     mesh: Mesh
     abstract_state: TrainState  # ShapeDtypeStructs carrying this mesh's shardings
@@ -84,7 +84,7 @@ def make_setup(config, *, vocab_size: int, mesh: Mesh) -> Setup:
     """`config`: a resolved Config (a ConfigDict is resolved first)."""
     config = resolve(config)
     model_cfg = config.model.replace(vocab_size=vocab_size)
-    model = Transformer(model_cfg)
+    model = build(model_cfg)
     optimizer = make_optimizer(config.train)
     dummy = jnp.zeros((1, min(config.train.seq_len, 8)), jnp.int32)
 
@@ -124,7 +124,7 @@ def make_setup(config, *, vocab_size: int, mesh: Mesh) -> Setup:
                  under_mesh(init_state), under_mesh(train_step), under_mesh(eval_step), train_step)
 
 
-def make_train_step(model: Transformer, optimizer, train_cfg):
+def make_train_step(model: nn.Module, optimizer, train_cfg):
     """Returns the pure `train_step(state, batch) -> (state, metrics)`.
 
     `batch` is int32 [B, L+1]. Dropout randomness is a function of (seed, step) alone, so a
@@ -178,7 +178,7 @@ def make_train_step(model: Transformer, optimizer, train_cfg):
     return train_step
 
 
-def make_eval_step(model: Transformer):
+def make_eval_step(model: nn.Module):
     def eval_step(params, batch_BL1, weights_BL):
         logits_BLV = model.apply({"params": params}, batch_BL1[:, :-1])
         return cross_entropy(logits_BLV, batch_BL1[:, 1:], weights_BL)

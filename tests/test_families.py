@@ -1,0 +1,92 @@
+"""Every model family through the same train / eval / sample path: sharded training follows the
+single-device curve, resume is exact, `lmjax.load` samples and scores, FLOPs and parameters come
+from the family's own formulas, and keys of another family are refused."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import lmjax
+from lmjax import config as config_lib
+from lmjax.errors import ConfigError
+from lmjax.models import families
+from lmjax.training.loop import train
+
+NEURAL = ["lstm", "mlp"]  # the decoder's own tests are in test_training.py
+
+
+def family_config(family: str, **model):
+    c = config_lib.base_config()
+    c.data.corpus = "tinyshakespeare"
+    c.data.tokenizer = "byte"
+    c.model.family = family
+    c.model.num_layers, c.model.width, c.model.dropout = 2, 64, 0.1
+    c.model.update(model)
+    c.train.update(steps=6, batch_size=16, seq_len=32, lr=3e-3, warmup_steps=2, log_every=1,
+                   eval_every=6, eval_batches=2, checkpoint_every=1000)
+    c.sample.prompt = ""
+    return c
+
+
+def losses(workdir):
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return np.array([r["loss"] for r in rows if "loss" in r])
+
+
+def test_every_family_has_a_module():
+    assert set(families.MODULES) == set(config_lib.FAMILIES)
+
+
+@pytest.mark.parametrize("family", NEURAL)
+def test_family_trains_sharded_like_one_device_and_resumes_exactly(family, tmp_path):
+    one, sharded, resumed = tmp_path / "one", tmp_path / "sharded", tmp_path / "resumed"
+    c = family_config(family)
+    c.mesh.update(data=1, fsdp=1, tensor=1)
+    final = train(c, one, progress=False, devices=jax.devices()[:1])
+    assert losses(one)[-1] < losses(one)[0]  # it learns
+    info = json.loads((one / "run.json").read_text())
+    cfg = config_lib.resolve(c).model.replace(vocab_size=256)
+    assert info["params"] == families.param_count(cfg)
+    assert info["flops_per_token"] == families.flops_per_token(cfg, 32)
+    assert info["attention_impl"] is None
+    assert 0 < final["val_bits_per_byte"] < 8
+
+    c8 = family_config(family)
+    c8.mesh.update(data=4, fsdp=2, tensor=1)
+    train(c8, sharded, progress=False)
+    np.testing.assert_allclose(losses(sharded), losses(one), rtol=1e-5)
+
+    train(c, resumed, progress=False, devices=jax.devices()[:1], stop_at=3)
+    train(c, resumed, progress=False, devices=jax.devices()[:1])
+    np.testing.assert_array_equal(losses(resumed), losses(one))
+
+    run = lmjax.load(one)
+    assert run.config.model.family == family
+    text = run.generate("ROMEO:", max_new_tokens=10, temperature=0.0)
+    assert isinstance(text, str) and len(text.encode("utf-8", errors="replace")) >= 1
+    scores = run.score("To be, or not to be")
+    assert scores.logprobs.shape == (len("To be, or not to be") - 1,) and np.all(scores.logprobs <= 0)
+    ev = run.evaluate(batches=2)
+    assert ev["loss"] == pytest.approx(final["val_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("family, key, value", [
+    ("lstm", "attention", "gqa"),
+    ("lstm", "num_kv_heads", 2),
+    ("mlp", "positions", "learned"),
+    ("decoder", "context", 4),
+    ("lstm", "direct", True),
+])
+def test_keys_of_another_family_are_refused(family, key, value):
+    c = family_config(family, **{key: value})
+    with pytest.raises(ConfigError, match=f"config.model.{key} applies to the .* not config.model.family='{family}'"):
+        config_lib.resolve(c)
+
+
+def test_mlp_direct_with_chunked_loss_is_refused():
+    c = family_config("mlp", direct=True)
+    c.train.loss_chunk = 8
+    with pytest.raises(ConfigError, match="loss_chunk .* direct"):
+        config_lib.resolve(c)
