@@ -16,7 +16,6 @@ from lmjax.models import (
     ModelConfig,
     Transformer,
     alibi_slopes,
-    attend,
     generate,
     init_cache,
     init_params,
@@ -280,10 +279,9 @@ def test_causal_blocks_split_only_whole_long_sequences():
 
 
 def test_causal_blocks_equal_one_block_with_gradients():
-    """The default split at T=256 (2 blocks) against the unsplit core: outputs and gradients."""
+    """The default split at T=256 (2 blocks) against the unsplit core (grouped-query, ALiBi):
+    outputs and gradients."""
     B, T, H, K, E = 2, 256, 4, 2, 8
-    cfg = ModelConfig(vocab_size=VOCAB, max_len=T, num_heads=H, width=H * E, attention="gqa",
-                      num_kv_heads=K, positions="alibi")
     rng = np.random.default_rng(1)
     q, k, v = normal(rng, (B, T, H, E)), normal(rng, (B, T, K, E)), normal(rng, (B, T, K, E))
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from lmjax.config import MeshConfig, ModelConfig
-from lmjax.models import lstm
-from lmjax.models.lstm import LSTMLM, flops_per_token, init_cache, init_params, param_count, unembedding_VD
+from lmjax.models import init_cache, init_params, unembedding_VD
+from lmjax.models.lstm import LSTMLM, flops_per_token, param_count
 from lmjax.training import sharding
 
 VOCAB, MAX_LEN = 50, 32
@@ -176,8 +176,3 @@ def test_init_and_forward_under_mesh(tie):
         sharded = jax.jit(lambda p, x: LSTMLM(cfg).apply({"params": p}, x))(
             params, jax.device_put(x_BL, sharding.batch_sharding(mesh)))
     np.testing.assert_allclose(sharded, forward(jax.device_get(params), x_BL, cfg=cfg), atol=1e-6)
-
-
-def test_public_names():
-    assert set(lstm.__all__) >= {"LSTMLM", "param_count", "flops_per_token", "unembedding_VD",
-                                 "init_params", "init_cache"}

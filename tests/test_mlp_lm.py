@@ -11,15 +11,8 @@ import numpy as np
 import pytest
 
 from lmjax.config import MeshConfig, ModelConfig
-from lmjax.models import mlp_lm
-from lmjax.models.mlp_lm import (
-    MlpLM,
-    flops_per_token,
-    init_cache,
-    init_params,
-    param_count,
-    unembedding_VD,
-)
+from lmjax.models import init_cache, init_params, unembedding_VD
+from lmjax.models.mlp_lm import MlpLM, flops_per_token, param_count
 from lmjax.training import sharding
 
 VOCAB, MAX_LEN = 50, 32
@@ -165,9 +158,3 @@ def test_shardings_on_2x2x2_mesh():
     assert shardings["hidden_1"]["bias"].spec == P("tensor")
     assert shardings["unembed"]["kernel"].spec == P("fsdp", "tensor")
     assert shardings["direct"]["kernel"].spec == P("fsdp", "tensor")
-
-
-def test_public_names():
-    for name in ("MlpLM", "param_count", "flops_per_token", "unembedding_VD", "init_params",
-                 "init_cache", "unboxed"):
-        assert hasattr(mlp_lm, name)

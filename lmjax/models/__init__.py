@@ -1,7 +1,7 @@
 """The model families (decoder Transformer, LSTM, MLP), the attention kernels, and sampling.
 
-`param_count`, `flops_per_token`, `init_params`, `init_cache` and `unembedding_VD` dispatch on
-cfg.family (`families.py`); `build(cfg)` is the family's Flax module."""
+`param_count`, `flops_per_token`, `init_params` and `init_cache` dispatch on cfg.family
+(`families.py`); `build(cfg)` is the family's Flax module."""
 
 from lmjax.config import ModelConfig
 from lmjax.models.attention import (
@@ -12,15 +12,9 @@ from lmjax.models.attention import (
     softmax_attention,
 )
 from lmjax.models.decode import generate, sample_logits, token_logprobs
-from lmjax.models.families import (
-    build,
-    flops_per_token,
-    init_cache,
-    init_params,
-    param_count,
-    unembedding_VD,
-)
-from lmjax.models.transformer import Transformer, attend, attention_flops_per_token, unboxed
+from lmjax.models.families import build, flops_per_token, init_cache, init_params, param_count
+from lmjax.models.layers import unboxed, unembedding_VD
+from lmjax.models.transformer import Transformer, attend, attention_flops_per_token
 
 __all__ = [
     "ModelConfig", "Transformer", "alibi_slopes", "attend", "attention_flops_per_token", "build",

@@ -14,7 +14,7 @@ import numpy as np
 from lmjax.errors import LmjaxError
 from lmjax.config import ModelConfig
 from lmjax.models.families import build, init_cache
-from lmjax.models.transformer import unboxed
+from lmjax.models.layers import unboxed
 
 _REMOVED = -1e30  # logit of tokens that top-k / top-p rule out
 

@@ -3,16 +3,20 @@
 Each family's module defines a Flax module class, called as
 `model.apply({'params': p}, tokens_BL, train=..., decode=..., logits=...)` (float32 logits
 [B, L, V], or the hidden states [B, L, D] with logits=False; decode=True continues the sequence
-held in the 'cache' collection), and the functions `param_count`, `flops_per_token`,
-`unembedding_VD`, `init_params` and `init_cache`. The functions below pick the family's.
+held in the 'cache' collection, whose `model.init(..., decode=True)` is empty), and the exact
+`param_count` and `flops_per_token`. The functions below pick the family's; initialisation and
+the output head are the same for all (`layers.py`).
 """
 
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from lmjax.config import ModelConfig
 from lmjax.models import lstm, mlp_lm, transformer
+from lmjax.models.layers import unboxed
 
 # family -> (its module, its model class)
 MODULES = {
@@ -37,15 +41,19 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, *, count_masked: bool = Fals
     return MODULES[cfg.family][0].flops_per_token(cfg, seq_len, count_masked=count_masked)
 
 
-def unembedding_VD(cfg: ModelConfig, params):
-    """The output projection [V, D] of `params` (the embedding when tied)."""
-    return MODULES[cfg.family][0].unembedding_VD(cfg, params)
-
-
 def init_params(cfg: ModelConfig, rng, *, boxed: bool = False):
-    return MODULES[cfg.family][0].init_params(cfg, rng, boxed=boxed)
+    """The 'params' tree of a fresh model, from a dummy [1, min(max_len, 8)] input.
+
+    By default plain float32 arrays (metadata stripped by `unboxed`). boxed=True keeps the
+    nn.LogicallyPartitioned boxes, whose names nn.get_partition_spec reads; apply accepts either.
+    """
+    tokens = jnp.zeros((1, max(1, min(cfg.max_len, 8))), jnp.int32)
+    params = build(cfg).init(rng, tokens)["params"]
+    return params if boxed else unboxed(params)
 
 
 def init_cache(cfg: ModelConfig, batch_size: int):
-    """An empty decode cache (cache_index 0) for `batch_size` rows."""
-    return MODULES[cfg.family][0].init_cache(cfg, batch_size)
+    """An empty decode cache (cache_index 0) for decode=True calls with `batch_size` rows."""
+    tokens = jnp.zeros((batch_size, 1), jnp.int32)
+    shapes = jax.eval_shape(lambda: build(cfg).init(jax.random.key(0), tokens, decode=True)["cache"])
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

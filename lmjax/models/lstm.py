@@ -28,17 +28,14 @@ prefix. `init_cache(cfg, B)` builds an empty (zero) one; equivalently
 
 from __future__ import annotations
 
-import functools
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from lmjax.config import ModelConfig  # the schema's config.model section (checked there)
-from lmjax.models.transformer import _dense, _init, unboxed
+from lmjax.models.layers import embedding, lm_head
 
-__all__ = ["LSTMLM", "LSTMLayer", "flops_per_token", "init_cache", "init_params", "param_count",
-           "unembedding_VD"]
+__all__ = ["LSTMLM", "LSTMLayer", "flops_per_token", "param_count"]
 
 
 def _layer_matmul_params(cfg: ModelConfig) -> int:
@@ -128,8 +125,7 @@ class LSTMLM(nn.Module):
                 index.value = index.value + L
 
         drop = nn.Dropout(cfg.dropout, deterministic=not train)
-        embed_VD = self.param("embedding", _init(0.02, ("vocab", "embed_vocab")),
-                              (cfg.vocab_size, cfg.width), jnp.float32)
+        embed_VD = embedding(self, cfg)
         x_BLD = drop(jnp.take(embed_VD, tokens_BL, axis=0).astype(cfg.compute_dtype))
         x_BLD = nn.with_logical_constraint(x_BLD, ("batch", "length", "act_embed"))
         for i in range(cfg.num_layers):
@@ -138,34 +134,4 @@ class LSTMLM(nn.Module):
         if not logits:
             return x_BLD
 
-        if cfg.tie_embeddings:
-            logits_BLV = jnp.einsum("bld,vd->blv", x_BLD, embed_VD.astype(cfg.compute_dtype),
-                                    preferred_element_type=jnp.float32)
-        else:
-            f32_dot = functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
-            logits_BLV = _dense(cfg, cfg.vocab_size, ("embed", "vocab"), "unembed",
-                                dot_general=f32_dot)(x_BLD)
-        return nn.with_logical_constraint(logits_BLV.astype(jnp.float32), ("batch", "length", "vocab"))
-
-
-def unembedding_VD(cfg: ModelConfig, params) -> jax.Array:
-    """The output projection of `params` (unboxed) as [V, D]: the embedding when tied."""
-    return params["embedding"] if cfg.tie_embeddings else params["unembed"]["kernel"].T
-
-
-def init_params(cfg: ModelConfig, rng, *, boxed: bool = False):
-    """The 'params' tree of a fresh model, from a dummy [1, 1] input (an LSTM's parameters do
-    not depend on the length). By default plain float32 arrays (metadata stripped by `unboxed`);
-    boxed=True keeps the nn.LogicallyPartitioned boxes. LSTMLM.apply accepts either form."""
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    params = LSTMLM(cfg).init(rng, tokens)["params"]
-    return params if boxed else unboxed(params)
-
-
-def init_cache(cfg: ModelConfig, batch_size: int):
-    """An empty decode cache (cache_index 0, zero carries) for decode=True calls with
-    `batch_size` rows."""
-    tokens = jnp.zeros((batch_size, 1), jnp.int32)
-    shapes = jax.eval_shape(
-        lambda: LSTMLM(cfg).init(jax.random.key(0), tokens, decode=True)["cache"])
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        return lm_head(cfg, x_BLD, embed_VD)

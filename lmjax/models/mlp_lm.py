@@ -45,10 +45,9 @@ import jax
 import jax.numpy as jnp
 
 from lmjax.config import ModelConfig
-from lmjax.models.transformer import _dense, _init, unboxed
+from lmjax.models.layers import dense, embedding, lm_head, param_init
 
-__all__ = ["MlpLM", "context_features", "flops_per_token", "init_cache", "init_params",
-           "param_count", "unboxed", "unembedding_VD"]
+__all__ = ["MlpLM", "context_features", "flops_per_token", "param_count"]
 
 
 def _hidden_matmul_params(cfg: ModelConfig) -> int:
@@ -117,7 +116,7 @@ class MlpLM(nn.Module):
         C, D, V = cfg.context, cfg.width, cfg.vocab_size
         drop = nn.Dropout(cfg.dropout, deterministic=not train)
 
-        embed_VD = self.param("embedding", _init(0.02, ("vocab", "embed_vocab")), (V, D), jnp.float32)
+        embed_VD = embedding(self, cfg)
         x_BLD = jnp.take(embed_VD, tokens_BL, axis=0).astype(cfg.compute_dtype)
 
         if decode:
@@ -140,7 +139,7 @@ class MlpLM(nn.Module):
         for i in range(cfg.num_layers):
             fan_in = h_ND.shape[-1]
             h_ND = nn.Dense(D, use_bias=True, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
-                            kernel_init=_init(1.0 / math.sqrt(fan_in), ("embed", "mlp")),
+                            kernel_init=param_init(1.0 / math.sqrt(fan_in), ("embed", "mlp")),
                             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
                             name=f"hidden_{i}")(h_ND)
             h_ND = drop(jnp.tanh(h_ND))
@@ -148,39 +147,10 @@ class MlpLM(nn.Module):
         if not logits:
             return h_BLD
 
-        f32_dot = functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
-        if cfg.tie_embeddings:
-            logits_BLV = jnp.einsum("bld,vd->blv", h_BLD, embed_VD.astype(cfg.compute_dtype),
-                                    preferred_element_type=jnp.float32)
-        else:
-            logits_BLV = _dense(cfg, V, ("embed", "vocab"), "unembed", dot_general=f32_dot)(h_BLD)
-        logits_BLV = logits_BLV.astype(jnp.float32)
+        logits_BLV = lm_head(cfg, h_BLD, embed_VD)
         if cfg.direct:
-            direct_NV = _dense(cfg, V, ("embed", "vocab"), "direct", dot_general=f32_dot)(
+            f32_dot = functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
+            direct_NV = dense(cfg, V, ("embed", "vocab"), "direct", dot_general=f32_dot)(
                 ctx_BLX.reshape(B * L, C * D))
             logits_BLV = logits_BLV + direct_NV.reshape(B, L, V).astype(jnp.float32)
-        return nn.with_logical_constraint(logits_BLV, ("batch", "length", "vocab"))
-
-
-def unembedding_VD(cfg: ModelConfig, params) -> jax.Array:
-    """The output projection of `params` (unboxed) as [V, D]: the embedding when tied. (Not the
-    direct connection, which reads the context, not the hidden state.)"""
-    return params["embedding"] if cfg.tie_embeddings else params["unembed"]["kernel"].T
-
-
-def init_params(cfg: ModelConfig, rng, *, boxed: bool = False):
-    """The 'params' tree of a fresh model, from a dummy [1, min(max_len, 8)] input (at least one
-    token). By default plain float32 arrays (metadata stripped by `unboxed`); boxed=True keeps the
-    nn.LogicallyPartitioned boxes, whose names nn.get_partition_spec reads; MlpLM.apply accepts
-    either form."""
-    tokens = jnp.zeros((1, max(1, min(cfg.max_len, 8))), jnp.int32)
-    params = MlpLM(cfg).init(rng, tokens)["params"]
-    return params if boxed else unboxed(params)
-
-
-def init_cache(cfg: ModelConfig, batch_size: int):
-    """An empty cache (cache_index 0, a zero context) for decode=True calls with `batch_size` rows."""
-    tokens = jnp.zeros((batch_size, 1), jnp.int32)
-    shapes = jax.eval_shape(
-        lambda: MlpLM(cfg).init(jax.random.key(0), tokens, decode=True)["cache"])
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        return logits_BLV

@@ -30,7 +30,6 @@ decode=True)['cache']` for any [B, T] tokens (e.g. [B, max_len]) - init never wr
 
 from __future__ import annotations
 
-import functools
 import math
 
 import flax.linen as nn
@@ -41,6 +40,7 @@ import numpy as np
 from lmjax.config import ModelConfig  # the schema's config.model section (checked there)
 from lmjax.errors import LmjaxError
 from lmjax.models.attention import linear_attention, linear_attention_chunked, softmax_attention
+from lmjax.models.layers import dense, embedding, lm_head, param_init
 
 ROPE_BASE = 10000.0
 SINUSOID_BASE = 10000.0
@@ -138,15 +138,6 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, *, count_masked: bool = Fals
 
 # ---------------------------------------------------------------------------------------------
 
-def _init(std: float, axes: tuple[str, ...]):
-    return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
-
-
-def _dense(cfg: ModelConfig, features: int, axes, name: str, std: float = 0.02, **kw) -> nn.Dense:
-    return nn.Dense(features, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
-                    kernel_init=_init(std, axes), name=name, **kw)
-
-
 def _norm(cfg: ModelConfig, name: str) -> nn.Module:
     ones = nn.with_logical_partitioning(nn.initializers.ones, ("norm",))
     if cfg.norm == "rmsnorm":
@@ -202,9 +193,9 @@ class Attention(nn.Module):
         B, L, D = x_BLD.shape
         H, K, E = cfg.num_heads, cfg.kv_heads, cfg.head_dim
         x_ND = x_BLD.reshape(B * L, D)  # 2-D matmuls: see Mlp
-        q_BLHE = _dense(cfg, H * E, ("embed", "heads"), "query")(x_ND).reshape(B, L, H, E)
-        k_BLKE = _dense(cfg, K * E, ("embed", "kv_heads"), "key")(x_ND).reshape(B, L, K, E)
-        v_BLKE = _dense(cfg, K * E, ("embed", "kv_heads"), "value")(x_ND).reshape(B, L, K, E)
+        q_BLHE = dense(cfg, H * E, ("embed", "heads"), "query")(x_ND).reshape(B, L, H, E)
+        k_BLKE = dense(cfg, K * E, ("embed", "kv_heads"), "key")(x_ND).reshape(B, L, K, E)
+        v_BLKE = dense(cfg, K * E, ("embed", "kv_heads"), "value")(x_ND).reshape(B, L, K, E)
         if rope is not None:  # linear attention too: rotated q, k go into the feature map
             q_BLHE, k_BLKE = apply_rope(q_BLHE, *rope), apply_rope(k_BLKE, *rope)
         if decode and cfg.attention == "linear":
@@ -213,7 +204,7 @@ class Attention(nn.Module):
             k_BSKE, v_BSKE = (self._update_cache(k_BLKE, v_BLKE, offset) if decode
                               else (k_BLKE, v_BLKE))
             out_BLHE = attend(cfg, q_BLHE, k_BSKE, v_BSKE, q_offset=offset, kv_length=offset + L)
-        out_ND = _dense(cfg, D, ("heads", "embed"), "out", _out_std(cfg))(out_BLHE.reshape(B * L, H * E))
+        out_ND = dense(cfg, D, ("heads", "embed"), "out", _out_std(cfg))(out_BLHE.reshape(B * L, H * E))
         return out_ND.reshape(B, L, D)
 
     def _update_cache(self, k_BLKE, v_BLKE, offset):
@@ -264,8 +255,8 @@ class Mlp(nn.Module):
         B, L, D = x_BLD.shape
         # 2-D matmuls: XLA:CPU runs the backward of 3-D ones fused with GELU ~3x slower.
         x_ND = x_BLD.reshape(B * L, D)
-        h_NF = nn.gelu(_dense(cfg, cfg.mlp_ratio * D, ("embed", "mlp"), "up")(x_ND))
-        return _dense(cfg, D, ("mlp", "embed"), "down", _out_std(cfg))(h_NF).reshape(B, L, D)
+        h_NF = nn.gelu(dense(cfg, cfg.mlp_ratio * D, ("embed", "mlp"), "up")(x_ND))
+        return dense(cfg, D, ("mlp", "embed"), "down", _out_std(cfg))(h_NF).reshape(B, L, D)
 
 
 class Block(nn.Module):
@@ -331,11 +322,10 @@ class Transformer(nn.Module):
                              "feed at most max_len tokens")
         pos_L = offset + (np.arange(L) if isinstance(offset, int) else jnp.arange(L))
 
-        embed_VD = self.param("embedding", _init(0.02, ("vocab", "embed_vocab")),
-                              (cfg.vocab_size, cfg.width), jnp.float32)
+        embed_VD = embedding(self, cfg)
         x_BLD = jnp.take(embed_VD, tokens_BL, axis=0).astype(cfg.compute_dtype)
         if cfg.positions == "learned":
-            pos_embed_LD = self.param("pos_embedding", _init(0.02, ("length_pos", "embed_vocab")),
+            pos_embed_LD = self.param("pos_embedding", param_init(0.02, ("length_pos", "embed_vocab")),
                                       (cfg.max_len, cfg.width), jnp.float32)
             x_BLD = x_BLD + jnp.take(pos_embed_LD, pos_L, axis=0).astype(cfg.compute_dtype)
         elif cfg.positions == "sinusoidal":
@@ -349,43 +339,4 @@ class Transformer(nn.Module):
         if not logits:
             return x_BLD
 
-        if cfg.tie_embeddings:
-            logits_BLV = jnp.einsum("bld,vd->blv", x_BLD, embed_VD.astype(cfg.compute_dtype),
-                                    preferred_element_type=jnp.float32)
-        else:
-            f32_dot = functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
-            logits_BLV = _dense(cfg, cfg.vocab_size, ("embed", "vocab"), "unembed",
-                                dot_general=f32_dot)(x_BLD)
-        return nn.with_logical_constraint(logits_BLV.astype(jnp.float32), ("batch", "length", "vocab"))
-
-
-def unembedding_VD(cfg: ModelConfig, params) -> jax.Array:
-    """The output projection of `params` (unboxed) as [V, D]: the embedding when tied."""
-    return params["embedding"] if cfg.tie_embeddings else params["unembed"]["kernel"].T
-
-
-def unboxed(tree):
-    """`tree` with nn.LogicallyPartitioned boxes replaced by their arrays. Unlike nn.unbox this
-    adds no sharding constraint, so it also works under a mesh and logical-axis rules."""
-    is_box = lambda x: isinstance(x, nn.Partitioned)  # noqa: E731
-    return jax.tree.map(lambda x: x.value if is_box(x) else x, tree, is_leaf=is_box)
-
-
-def init_params(cfg: ModelConfig, rng, *, boxed: bool = False):
-    """The 'params' tree of a fresh model, from a dummy [1, min(max_len, 8)] input.
-
-    By default plain float32 arrays (metadata stripped by `unboxed`). boxed=True keeps the
-    nn.LogicallyPartitioned boxes, whose names nn.get_partition_spec reads; Transformer.apply
-    accepts either form.
-    """
-    tokens = jnp.zeros((1, min(cfg.max_len, 8)), jnp.int32)
-    params = Transformer(cfg).init(rng, tokens)["params"]
-    return params if boxed else unboxed(params)
-
-
-def init_cache(cfg: ModelConfig, batch_size: int):
-    """An empty KV cache (cache_index 0) for decode=True calls with `batch_size` rows."""
-    tokens = jnp.zeros((batch_size, 1), jnp.int32)
-    shapes = jax.eval_shape(
-        lambda: Transformer(cfg).init(jax.random.key(0), tokens, decode=True)["cache"])
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        return lm_head(cfg, x_BLD, embed_VD)
