@@ -39,8 +39,9 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "xl": (24, 32, 2048),
 }
 
-FAMILIES = ("decoder", "lstm", "mlp")
+FAMILIES = ("decoder", "lstm", "mlp", "ngram")
 TRANSFORMERS = ("decoder",)  # the families built from attention blocks
+NEURAL = ("decoder", "lstm", "mlp")  # the families trained by gradient steps
 TOKENIZERS = ("byte", "char", "sentencepiece")
 SP_MODEL_TYPES = ("bpe", "unigram")
 NORMS = ("rmsnorm", "layernorm")
@@ -128,13 +129,16 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class _CommonModelKeys:
     family: str = key("decoder", "the model family", choices=FAMILIES)
-    size: str = key("", "a name from SIZES; sets num_layers, num_heads and width", choices=("", *SIZES))
-    num_layers: int = key(4, "blocks (decoder), LSTM layers (lstm), tanh hidden layers (mlp)", minimum=1)
+    size: str = key("", "a name from SIZES; sets num_layers, num_heads and width", choices=("", *SIZES),
+                    families=NEURAL)
+    num_layers: int = key(4, "blocks (decoder), LSTM layers (lstm), tanh hidden layers (mlp)", minimum=1,
+                          families=NEURAL)
     width: int = key(256, "residual stream width; the LSTM's and the MLP's hidden and embedding width",
-                     minimum=1)
-    dropout: float = key(0.0, "dropout after the embedding and each residual branch")
-    dtype: str = key("float32", "compute dtype; parameters are always float32", choices=DTYPES)
-    tie_embeddings: bool = key(True, "the unembedding is the embedding transposed")
+                     minimum=1, families=NEURAL)
+    dropout: float = key(0.0, "dropout after the embedding and each residual branch", families=NEURAL)
+    dtype: str = key("float32", "compute dtype; parameters are always float32", choices=DTYPES,
+                     families=NEURAL)
+    tie_embeddings: bool = key(True, "the unembedding is the embedding transposed", families=NEURAL)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -168,7 +172,13 @@ class _MlpLmKeys:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ModelConfig(_CommonModelKeys, _TransformerKeys, _MlpLmKeys):
+class _NgramKeys:
+    order: int = key(3, "ngram: tokens per n-gram (the context is order - 1 tokens)", minimum=1,
+                     families=("ngram",))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig(_CommonModelKeys, _TransformerKeys, _MlpLmKeys, _NgramKeys):
     """config.model, plus the two dimensions the model needs from elsewhere."""
 
     vocab_size: int = derived("the tokenizer's vocabulary (0 until the data is prepared)")
@@ -393,10 +403,11 @@ def _check_family(model: dict) -> None:
     for f in keys(ModelConfig):
         users = f.metadata["families"]
         if users and family not in users and f.name in model and model[f.name] != f.default:
+            names = users[0] if len(users) == 1 else f"{', '.join(users[:-1])} and {users[-1]}"
             raise ConfigError(
-                f"config.model.{f.name} applies to the {' and '.join(users)} famil"
-                f"{'ies' if len(users) > 1 else 'y'}, not config.model.family={family!r}; "
-                f"leave it at its default ({f.default!r}) or choose another family")
+                f"config.model.{f.name} applies to the {names} famil{'ies' if len(users) > 1 else 'y'}, "
+                f"not config.model.family={family!r}; leave it at its default ({f.default!r}) or "
+                "choose another family")
 
 
 def resolve(c) -> Config:

@@ -59,7 +59,7 @@ class Run:
     workdir: Path
     step: int
     config: config_lib.Config
-    params: dict
+    params: dict  # the model's parameters (an n-gram model: its counted NgramModel)
     tokenizer: Tokenizer
     model_cfg: ModelConfig
 
@@ -98,11 +98,15 @@ class Run:
 
         data = prepare(self.config.data)
         tc = self.config.train
-        setup = make_setup(self.config, vocab_size=self.tokenizer.vocab_size, mesh=_one_device_mesh())
         batch = math.gcd(tc.batch_size, 64)
-        return evaluate(setup, self.params, data.val, batch_size=batch, seq_len=tc.seq_len,
-                        max_batches=tc.eval_batches if batches is None else batches,
-                        tokens_per_byte=tokens_per_byte(data))
+        kw = dict(batch_size=batch, seq_len=tc.seq_len, tokens_per_byte=tokens_per_byte(data),
+                  max_batches=tc.eval_batches if batches is None else batches)
+        if self.config.model.family == "ngram":
+            from lmjax.training.ngram import evaluate_ngram
+
+            return evaluate_ngram(self.params, data.val, **kw)
+        setup = make_setup(self.config, vocab_size=self.tokenizer.vocab_size, mesh=_one_device_mesh())
+        return evaluate(setup, self.params, data.val, **kw)
 
 
 def _or(value, default):
@@ -139,7 +143,13 @@ def load(workdir: str | Path, step: int | None = None) -> Run:
     cfg_dict, tok_json = ckpt.restore_meta(step)
     config = _runnable_here(config_lib.resolve(cfg_dict))
     tokenizer = tokenizer_from_json(tok_json)
-    setup = make_setup(config, vocab_size=tokenizer.vocab_size, mesh=_one_device_mesh())
-    state = ckpt.restore_state(step, setup.abstract_state)
+    model_cfg = config.model.replace(vocab_size=tokenizer.vocab_size)
+    if model_cfg.family == "ngram":
+        from lmjax.models.ngram import NgramModel
+
+        params = NgramModel.from_arrays(model_cfg.order, tokenizer.vocab_size, ckpt.restore_state(step))
+    else:
+        setup = make_setup(config, vocab_size=tokenizer.vocab_size, mesh=_one_device_mesh())
+        params = ckpt.restore_state(step, setup.abstract_state).params
     ckpt.close()
-    return Run(workdir, step, config, state.params, tokenizer, setup.model_cfg)
+    return Run(workdir, step, config, params, tokenizer, model_cfg)

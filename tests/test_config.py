@@ -64,9 +64,11 @@ def test_identity_keys():
 
 
 def test_keys_of_a_family_name_it():
-    """Every transformer-only key names the families that use it, so a family added later refuses
-    them; the keys every family shares name none."""
+    """Keys that only some families use name them, so other families refuse them; the keys every
+    family shares (family itself) name none."""
     by_name = {f.name: f for f in config_lib.keys(config_lib.ModelConfig)}
     assert by_name["attention"].metadata["families"] == config_lib.TRANSFORMERS
-    assert by_name["width"].metadata["families"] is None
+    assert by_name["width"].metadata["families"] == config_lib.NEURAL
+    assert by_name["order"].metadata["families"] == ("ngram",)
+    assert by_name["family"].metadata["families"] is None
     assert config_lib.resolve({"model": {"family": "decoder", "attention": "gqa", "num_kv_heads": 2}})

@@ -35,8 +35,8 @@ def losses(workdir):
     return np.array([r["loss"] for r in rows if "loss" in r])
 
 
-def test_every_family_has_a_module():
-    assert set(families.MODULES) == set(config_lib.FAMILIES)
+def test_every_neural_family_has_a_module():
+    assert set(families.MODULES) == set(config_lib.NEURAL)
 
 
 @pytest.mark.parametrize("family", NEURAL)
@@ -78,10 +78,19 @@ def test_family_trains_sharded_like_one_device_and_resumes_exactly(family, tmp_p
     ("mlp", "positions", "learned"),
     ("decoder", "context", 4),
     ("lstm", "direct", True),
+    ("mlp", "order", 5),
 ])
 def test_keys_of_another_family_are_refused(family, key, value):
     c = family_config(family, **{key: value})
     with pytest.raises(ConfigError, match=f"config.model.{key} applies to the .* not config.model.family='{family}'"):
+        config_lib.resolve(c)
+
+
+def test_neural_keys_are_refused_for_ngram():
+    c = config_lib.base_config()
+    c.model.family, c.model.width = "ngram", 64
+    with pytest.raises(ConfigError, match="config.model.width applies to the decoder, lstm and mlp "
+                                          "families, not config.model.family='ngram'"):
         config_lib.resolve(c)
 
 
@@ -90,3 +99,30 @@ def test_mlp_direct_with_chunked_loss_is_refused():
     c.train.loss_chunk = 8
     with pytest.raises(ConfigError, match="loss_chunk .* direct"):
         config_lib.resolve(c)
+
+
+def test_ngram_counts_evaluates_samples_and_resumes(tmp_path):
+    c = config_lib.base_config()
+    c.data.corpus, c.data.tokenizer = "tinyshakespeare", "byte"
+    c.model.family, c.model.order = "ngram", 3
+    c.train.update(batch_size=8, seq_len=64, eval_batches=4)
+    lines = []
+    final = train(c, tmp_path, progress=False, print_fn=lines.append)
+    assert final["step"] == 1 and 0 < final["val_bits_per_byte"] < 8
+    assert "3-gram model" in lines[0]
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["params"] > 0 and info["flops_per_token"] == 0.0 and info["code"]["commit"]
+    # A second start finds the counted model (resume: counting again would give the same).
+    again = train(c, tmp_path, progress=False, print_fn=lines.append)
+    assert "loaded from its checkpoint" in lines[-1] and again["val_loss"] == final["val_loss"]
+
+    run = lmjax.load(tmp_path)
+    assert run.evaluate()["loss"] == pytest.approx(final["val_loss"], rel=1e-9)
+    text = run.generate("ROMEO:", max_new_tokens=20, temperature=0.0)
+    assert len(text.encode("utf-8", errors="replace")) >= 1
+    logprobs = run.score("To be, or not to be").logprobs
+    assert logprobs.shape == (len("To be, or not to be") - 1,) and np.all(logprobs < 0)
+
+    c.model.order = 4  # another model in the same workdir is refused
+    with pytest.raises(ConfigError, match="holds a run of another config"):
+        train(c, tmp_path, progress=False)

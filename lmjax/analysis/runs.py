@@ -133,6 +133,8 @@ def variant_label(config: dict | None) -> str:
     family = model.get("family", "decoder") if isinstance(model, dict) else "decoder"
     if family == "mlp":
         return f"mlp-ctx{model.get('context')}"
+    if family == "ngram":
+        return f"ngram-o{model.get('order')}"
     if family != "decoder":
         return str(family)
     if not isinstance(model, dict) or "attention" not in model:

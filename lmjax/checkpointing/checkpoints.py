@@ -59,8 +59,9 @@ class Checkpointer:
             force=True,
         )
 
-    def restore_state(self, step: int, abstract_state):
-        """`abstract_state`: a tree of jax.ShapeDtypeStruct with shardings for this mesh."""
+    def restore_state(self, step: int, abstract_state=None):
+        """`abstract_state`: a tree of jax.ShapeDtypeStruct with shardings for this mesh; None
+        restores the saved tree as it is (numpy arrays, e.g. an n-gram model's counts)."""
         ocp = _ocp()
         try:
             out = self.manager.restore(

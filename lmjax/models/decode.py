@@ -98,6 +98,9 @@ def generate(cfg: ModelConfig, params, prompts: list[Sequence[int]], *, max_new_
             f"{cfg.max_len}; shorten the prompt or lower max_new_tokens")
     if max_new_tokens == 0:
         return [np.zeros(0, np.int32) for _ in prompts]
+    if cfg.family == "ngram":  # params is the counted NgramModel
+        return _generate_ngram(params, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                               top_k=top_k, top_p=top_p, seed=seed, eos_id=eos_id)
 
     tokens_BN = np.zeros((len(prompts), longest + max_new_tokens), np.int32)
     for b, p in enumerate(prompts):
@@ -116,6 +119,26 @@ def generate(cfg: ModelConfig, params, prompts: list[Sequence[int]], *, max_new_
     return outs
 
 
+def _generate_ngram(model, prompts, *, max_new_tokens, temperature, top_k, top_p, seed, eos_id):
+    """An n-gram model's continuations, one token at a time from its distribution (numpy),
+    drawn with the same `sample_logits` rule as the neural families."""
+    rng, outs = jax.random.key(seed), []
+    for prompt in prompts:
+        seq = list(prompt)
+        for _ in range(max_new_tokens):
+            rng, sub = jax.random.split(rng)
+            logits_1V = np.log(np.maximum(model.distribution(np.asarray(seq)), 1e-300))[None]
+            seq.append(int(_sample(logits_1V, sub, temperature=jnp.float32(temperature),
+                                   top_k=jnp.int32(top_k), top_p=jnp.float32(top_p))[0]))
+            if eos_id is not None and seq[-1] == eos_id:
+                break
+        outs.append(np.asarray(seq[len(prompt):], np.int32))
+    return outs
+
+
+_sample = jax.jit(sample_logits)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _token_logprobs(params, ids_1N, *, cfg):
     logits_1NV = build(cfg).apply({"params": params}, ids_1N)
@@ -131,5 +154,7 @@ def token_logprobs(cfg: ModelConfig, params, ids: Sequence[int]) -> np.ndarray:
     if n > cfg.max_len:
         raise LmjaxError(f"sequence of {n} tokens exceeds the model's context of {cfg.max_len}; "
                          "score a shorter sequence")
+    if cfg.family == "ngram":  # params is the counted NgramModel
+        return params.logprobs(np.asarray(ids)).astype(np.float32)
     ids_1N = jnp.asarray(np.asarray(ids, np.int32)[None])
     return np.asarray(_token_logprobs(unboxed(params), ids_1N, cfg=cfg), np.float32)

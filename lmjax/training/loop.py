@@ -121,7 +121,7 @@ class Preemption:
         return self.requested
 
 
-def _check_tokenizer(ckpt: Checkpointer, step: int, data: Dataset, force: bool) -> None:
+def check_tokenizer(ckpt: Checkpointer, step: int, data: Dataset, force: bool) -> None:
     _, saved = ckpt.restore_meta(step)
     if tokenizer_from_json(saved).fingerprint != data.tokenizer.fingerprint and not force:
         raise ConfigError(
@@ -164,6 +164,10 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
     """
     t_start = time.perf_counter()
     config = config_lib.resolve(config)
+    if config.model.family == "ngram":  # counted, not trained by steps
+        from lmjax.training.ngram import train_ngram
+
+        return train_ngram(config, workdir, force=force, print_fn=print_fn)
     tc = config.train
     workdir = Path(workdir)
     main = jax.process_index() == 0
@@ -181,7 +185,7 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
     if start is None:
         state, start = setup.init_state(jax.random.key(tc.seed)), 0
     else:
-        _check_tokenizer(ckpt, start, data, force)
+        check_tokenizer(ckpt, start, data, force)
         state = ckpt.restore_state(start, setup.abstract_state)
     info = run_info(config, data, setup)
     flops_tok, peak = info["flops_per_token"], hardware.peak_flops()
