@@ -39,9 +39,10 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "xl": (24, 32, 2048),
 }
 
-FAMILIES = ("decoder", "lstm", "mlp", "ngram")
-TRANSFORMERS = ("decoder",)  # the families built from attention blocks
-NEURAL = ("decoder", "lstm", "mlp")  # the families trained by gradient steps
+FAMILIES = ("decoder", "encoder", "lstm", "mlp", "ngram")
+TRANSFORMERS = ("decoder", "encoder")  # the families built from attention blocks
+NEURAL = ("decoder", "encoder", "lstm", "mlp")  # the families trained by gradient steps
+CAUSAL = ("decoder", "lstm", "mlp", "ngram")  # the next-token language models (all but encoder)
 TOKENIZERS = ("byte", "char", "sentencepiece")
 SP_MODEL_TYPES = ("bpe", "unigram")
 NORMS = ("rmsnorm", "layernorm")
@@ -172,13 +173,19 @@ class _MlpLmKeys:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class _EncoderKeys:
+    mask_rate: float = key(0.15, "encoder: share of positions chosen for the masked-LM loss",
+                           families=("encoder",))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class _NgramKeys:
     order: int = key(3, "ngram: tokens per n-gram (the context is order - 1 tokens)", minimum=1,
                      families=("ngram",))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ModelConfig(_CommonModelKeys, _TransformerKeys, _MlpLmKeys, _NgramKeys):
+class ModelConfig(_CommonModelKeys, _TransformerKeys, _MlpLmKeys, _EncoderKeys, _NgramKeys):
     """config.model, plus the two dimensions the model needs from elsewhere."""
 
     vocab_size: int = derived("the tokenizer's vocabulary (0 until the data is prepared)")
@@ -196,6 +203,11 @@ class ModelConfig(_CommonModelKeys, _TransformerKeys, _MlpLmKeys, _NgramKeys):
             raise ConfigError(f"config.model.dropout must be in [0, 1), got {self.dropout}")
         if self.family in TRANSFORMERS:
             self._check_attention()
+        if self.family == "encoder" and (self.attention == "linear" or self.window):
+            raise ConfigError("the encoder family attends both ways: config.model.attention='linear' and "
+                              "config.model.window are causal-only; use mha, mqa or gqa with window=0")
+        if not 0.0 < self.mask_rate < 1.0:
+            raise ConfigError(f"config.model.mask_rate must be in (0, 1), got {self.mask_rate}")
 
     def _check_attention(self):
         H, kv, att, D = self.num_heads, self.num_kv_heads, self.attention, self.width
@@ -334,6 +346,9 @@ class Config:
     sample: SampleConfig
 
     def __post_init__(self):  # checks that span sections
+        if self.train.loss_chunk and self.model.family == "encoder":
+            raise ConfigError("config.train.loss_chunk is for next-token losses; the encoder's masked-LM "
+                              "loss scores few positions: set loss_chunk=0")
         if self.train.loss_chunk and self.model.family == "mlp" and self.model.direct:
             raise ConfigError("config.train.loss_chunk projects the last hidden layer alone, without "
                               "config.model.direct's context-to-output term; set loss_chunk=0 or direct=False")

@@ -7,6 +7,7 @@ restore target carries a single-device sharding (orbax reshards on read).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 from typing import Sequence
@@ -17,11 +18,14 @@ import numpy as np
 from lmjax import config as config_lib
 from lmjax.checkpointing import Checkpointer
 from lmjax.data import Tokenizer, prepare, tokenizer_from_json
-from lmjax.errors import CheckpointError
-from lmjax.models import ModelConfig, generate, token_logprobs
+from lmjax.errors import CheckpointError, LmjaxError
+from lmjax.models import ModelConfig, build, generate, model_vocab_size, token_logprobs
 from lmjax.models.attention import resolve_implementation
 from lmjax.training import sharding
 from lmjax.workdir import CHECKPOINTS, Workdir
+
+
+MASK_TOKEN = "[MASK]"  # what run.fill replaces with the encoder's mask id
 
 
 class History(dict):
@@ -86,6 +90,30 @@ class Run:
         texts = [self.tokenizer.decode(t) for t in new]
         return texts[0] if single else texts
 
+    def fill(self, text: str, *, top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """An encoder's top_k predictions (token text, probability) for each MASK_TOKEN in
+        `text`, in order."""
+        if self.model_cfg.family != "encoder":
+            raise LmjaxError(f"fill is for the encoder family (a masked LM); this run is a "
+                             f"{self.model_cfg.family}: use run.generate(...)")
+        parts = text.split(MASK_TOKEN)
+        if len(parts) < 2:
+            raise LmjaxError(f"no {MASK_TOKEN} in the text to fill, e.g. run.fill('def {MASK_TOKEN}(self):')")
+        mask_id, ids, where = self.model_cfg.vocab_size - 1, [], []
+        for i, part in enumerate(parts):
+            ids += [int(t) for t in self.tokenizer.encode(part)]
+            if i < len(parts) - 1:
+                where.append(len(ids))
+                ids.append(mask_id)
+        if len(ids) > self.model_cfg.max_len:
+            raise LmjaxError(f"{len(ids)} tokens exceed the model's context of {self.model_cfg.max_len}; "
+                             "fill a shorter text")
+        logits_LV = _forward(self.model_cfg, self.params, np.asarray([ids], np.int32))[0]
+        probs_MV = jax.nn.softmax(logits_LV[np.asarray(where), :mask_id], axis=-1)  # never [MASK]
+        top_MK = np.argsort(-np.asarray(probs_MV), axis=-1)[:, :top_k]
+        return [[(self.tokenizer.decode([int(i)]), float(probs_MV[m, i])) for i in row]
+                for m, row in enumerate(top_MK)]
+
     def score(self, text: str) -> TokenScores:
         ids = self.tokenizer.encode(text)
         logprobs = token_logprobs(self.model_cfg, self.params, ids)
@@ -107,6 +135,11 @@ class Run:
             return evaluate_ngram(self.params, data.val, **kw)
         setup = make_setup(self.config, vocab_size=self.tokenizer.vocab_size, mesh=_one_device_mesh())
         return evaluate(setup, self.params, data.val, **kw)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _forward(cfg, params, tokens_BL):
+    return build(cfg).apply({"params": params}, tokens_BL)
 
 
 def _or(value, default):
@@ -143,7 +176,7 @@ def load(workdir: str | Path, step: int | None = None) -> Run:
     cfg_dict, tok_json = ckpt.restore_meta(step)
     config = _runnable_here(config_lib.resolve(cfg_dict))
     tokenizer = tokenizer_from_json(tok_json)
-    model_cfg = config.model.replace(vocab_size=tokenizer.vocab_size)
+    model_cfg = config.model.replace(vocab_size=model_vocab_size(config.model, tokenizer.vocab_size))
     if model_cfg.family == "ngram":
         from lmjax.models.ngram import NgramModel
 

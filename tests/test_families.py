@@ -10,7 +10,7 @@ import pytest
 
 import lmjax
 from lmjax import config as config_lib
-from lmjax.errors import ConfigError
+from lmjax.errors import ConfigError, LmjaxError
 from lmjax.models import families
 from lmjax.training.loop import train
 
@@ -89,7 +89,7 @@ def test_keys_of_another_family_are_refused(family, key, value):
 def test_neural_keys_are_refused_for_ngram():
     c = config_lib.base_config()
     c.model.family, c.model.width = "ngram", 64
-    with pytest.raises(ConfigError, match="config.model.width applies to the decoder, lstm and mlp "
+    with pytest.raises(ConfigError, match="config.model.width applies to the decoder, encoder, lstm and mlp "
                                           "families, not config.model.family='ngram'"):
         config_lib.resolve(c)
 
@@ -126,3 +126,71 @@ def test_ngram_counts_evaluates_samples_and_resumes(tmp_path):
     c.model.order = 4  # another model in the same workdir is refused
     with pytest.raises(ConfigError, match="holds a run of another config"):
         train(c, tmp_path, progress=False)
+
+
+def test_encoder_pretrains_sharded_like_one_device_resumes_and_fills(tmp_path):
+    one, sharded, resumed = tmp_path / "one", tmp_path / "sharded", tmp_path / "resumed"
+    c = family_config("encoder")
+    c.mesh.update(data=1, fsdp=1, tensor=1)
+    final = train(c, one, progress=False, devices=jax.devices()[:1])
+    assert losses(one)[-1] < losses(one)[0]
+    assert 0 < final["val_masked_accuracy"] <= 1 and final["val_masked_tokens"] > 0
+    cfg = config_lib.resolve(c).model.replace(vocab_size=257)  # 256 bytes + [MASK]
+    assert json.loads((one / "run.json").read_text())["params"] == families.param_count(cfg)
+
+    c8 = family_config("encoder")
+    c8.mesh.update(data=4, fsdp=2, tensor=1)
+    train(c8, sharded, progress=False)
+    np.testing.assert_allclose(losses(sharded), losses(one), rtol=1e-5)
+    train(c, resumed, progress=False, devices=jax.devices()[:1], stop_at=3)
+    train(c, resumed, progress=False, devices=jax.devices()[:1])
+    np.testing.assert_array_equal(losses(resumed), losses(one))
+
+    run = lmjax.load(one)
+    filled = run.fill("To be, or not to [MASK]e: the [MASK]", top_k=3)
+    assert len(filled) == 2 and all(len(top) == 3 for top in filled)
+    for top in filled:
+        probs = [p for _, p in top]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    ev = run.evaluate(batches=2)
+    assert ev["masked_loss"] == pytest.approx(final["val_masked_loss"], rel=1e-5)
+    with pytest.raises(LmjaxError, match="masked LM"):
+        run.generate("ROMEO:", max_new_tokens=4)
+    with pytest.raises(LmjaxError, match="masked LM"):
+        run.score("To be")
+    with pytest.raises(LmjaxError, match="no \\[MASK\\]"):
+        run.fill("nothing to fill")
+
+
+def test_encoder_sees_both_ways():
+    from lmjax.models import build, init_params
+
+    cfg = config_lib.resolve(family_config("encoder")).model.replace(vocab_size=257)
+    params = init_params(cfg, jax.random.key(0))
+    x = np.arange(32, dtype=np.int32)[None] % 200
+    y = x.copy()
+    y[0, 20] = 7
+    a, b = (np.asarray(build(cfg).apply({"params": params}, t)) for t in (x, y))
+    assert np.abs(a[0, :20] - b[0, :20]).max() > 1e-6  # earlier positions see the later token
+
+
+def test_masks_follow_berts_recipe_and_not_the_device_count():
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from lmjax.training import objectives
+
+    cfg = config_lib.resolve(family_config("encoder")).model.replace(vocab_size=257)
+    objective = jax.jit(objectives.masked_lm(cfg))
+    batch = np.random.default_rng(0).integers(0, 256, (64, 513)).astype(np.int32)
+    key = objectives.train_key(0, 5)
+    inputs, targets, weights = map(np.asarray, objective(batch, key))
+    chosen = weights > 0
+    assert abs(chosen.mean() - 0.15) < 0.01
+    masked, kept = (inputs == 256)[chosen], (inputs == targets)[chosen]
+    assert abs(masked.mean() - 0.8) < 0.02 and abs(kept.mean() - 0.1) < 0.02  # 10% random, 10% kept
+    assert np.all(inputs[~chosen] == targets[~chosen]) and np.all(targets == batch[:, :-1])
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    spread = jax.device_put(batch, NamedSharding(mesh, P("data")))
+    for a, b in zip(objective(spread, key), (inputs, targets, weights)):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    assert not np.array_equal(np.asarray(objective(batch, objectives.train_key(0, 6))[2]), weights)

@@ -135,6 +135,8 @@ def variant_label(config: dict | None) -> str:
         return f"mlp-ctx{model.get('context')}"
     if family == "ngram":
         return f"ngram-o{model.get('order')}"
+    if family == "encoder":
+        return "encoder"
     if family != "decoder":
         return str(family)
     if not isinstance(model, dict) or "attention" not in model:

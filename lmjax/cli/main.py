@@ -110,7 +110,7 @@ def run_train(fv) -> int:
     if final["preempted"]:
         print(f"preempted at step {final['step']}: checkpoint saved in {workdir}; "
               "run the same command to continue", file=sys.stderr)
-    elif fv.config.sample.prompt:
+    elif fv.config.sample.prompt and fv.config.model.family in config_lib.CAUSAL:  # the encoder fills
         import lmjax
 
         prompt = fv.config.sample.prompt

@@ -12,12 +12,19 @@ from lmjax.models.attention import (
     softmax_attention,
 )
 from lmjax.models.decode import generate, sample_logits, token_logprobs
-from lmjax.models.families import build, flops_per_token, init_cache, init_params, param_count
+from lmjax.models.families import (
+    build,
+    flops_per_token,
+    init_cache,
+    init_params,
+    model_vocab_size,
+    param_count,
+)
 from lmjax.models.layers import unboxed, unembedding_VD
 from lmjax.models.transformer import Transformer, attend, attention_flops_per_token
 
 __all__ = [
-    "ModelConfig", "Transformer", "alibi_slopes", "attend", "attention_flops_per_token", "build",
+    "ModelConfig", "Transformer", "alibi_slopes", "attend", "attention_flops_per_token", "build", "model_vocab_size",
     "attention_mask", "flops_per_token", "generate", "init_cache", "init_params",
     "linear_attention", "linear_attention_chunked", "param_count", "sample_logits",
     "softmax_attention", "token_logprobs", "unboxed", "unembedding_VD",

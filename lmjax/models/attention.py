@@ -64,16 +64,18 @@ def resolve_implementation(implementation: str, dtype, head_dim: int, device=Non
     return auto_implementation(device.platform, device.device_kind, dtype, head_dim)
 
 
-def attention_mask(T: int, S: int, *, q_offset, kv_length, window: int = 0) -> jax.Array:
+def attention_mask(T: int, S: int, *, q_offset, kv_length, window: int = 0,
+                   causal: bool = True) -> jax.Array:
     """[T, S] bool, True where query t may attend to key s.
 
     Query t sits at absolute position q_offset + t (q_offset > 0 when decoding against a KV cache);
     key s sits at position s. Keys at s >= kv_length are cache slots not written yet.
     window > 0 additionally limits each query to its `window` most recent positions (itself included).
+    causal=False (the encoder): every written key, before and after the query.
     """
     q_pos_T1 = (q_offset + jnp.arange(T))[:, None]
     k_pos_1S = jnp.arange(S)[None, :]
-    mask_TS = (k_pos_1S <= q_pos_T1) & (k_pos_1S < kv_length)
+    mask_TS = ((k_pos_1S <= q_pos_T1) | (not causal)) & (k_pos_1S < kv_length)
     if window > 0:
         mask_TS &= q_pos_T1 - k_pos_1S < window
     return mask_TS
@@ -99,24 +101,25 @@ def alibi_bias(num_heads: int, T: int, S: int, *, q_offset) -> jax.Array:
 
 
 def softmax_attention(q_BTHE, k_BSKE, v_BSKE, *, q_offset, kv_length, window: int = 0,
-                      alibi: bool = False, implementation: str = "einsum",
+                      alibi: bool = False, implementation: str = "einsum", causal: bool = True,
                       block_rows: int | None = None, max_blocks: int | None = None):
     """Causal (optionally sliding-window, optionally ALiBi-biased) softmax attention.
 
     Handles K < H kv heads by grouping query heads rather than repeating keys, so the same function
     serves multi-head, multi-query and grouped-query attention. Scores and softmax are float32.
-    block_rows / max_blocks: the einsum kernel's causal blocks (see `causal_blocks`).
+    causal=False: bidirectional (the encoder). block_rows / max_blocks: the einsum kernel's
+    causal blocks (see `causal_blocks`).
     """
     impl = resolve_implementation(implementation, q_BTHE.dtype, q_BTHE.shape[-1])
     if impl != "einsum":
         return _dot_product_attention(q_BTHE, k_BSKE, v_BSKE, q_offset=q_offset, kv_length=kv_length,
-                                      window=window, alibi=alibi, implementation=impl)
+                                      window=window, alibi=alibi, implementation=impl, causal=causal)
     T, S = q_BTHE.shape[1], k_BSKE.shape[1]
-    mask_TS = attention_mask(T, S, q_offset=q_offset, kv_length=kv_length, window=window)
+    mask_TS = attention_mask(T, S, q_offset=q_offset, kv_length=kv_length, window=window, causal=causal)
     bias_HTS = alibi_bias(q_BTHE.shape[2], T, S, q_offset=q_offset) if alibi else None
     blocks = causal_blocks(T, S, q_offset=q_offset, kv_length=kv_length,
                            block_rows=block_rows or CAUSAL_BLOCK_ROWS,
-                           max_blocks=max_blocks or CAUSAL_BLOCKS_MAX)
+                           max_blocks=max_blocks or CAUSAL_BLOCKS_MAX) if causal else [(0, T, S)]
     outs = [_einsum_attention(q_BTHE[:, t0:t1], k_BSKE[:, :s1], v_BSKE[:, :s1], mask_TS[t0:t1, :s1],
                               None if bias_HTS is None else bias_HTS[:, t0:t1, :s1])
             for t0, t1, s1 in blocks]
@@ -169,7 +172,7 @@ def _einsum_attention(q_BTHE, k_BSKE, v_BSKE, mask_TS, bias_HTS):
 
 
 def _dot_product_attention(q_BTHE, k_BSKE, v_BSKE, *, q_offset, kv_length, window: int,
-                           alibi: bool, implementation: str):
+                           alibi: bool, implementation: str, causal: bool = True):
     """softmax_attention through jax.nn.dot_product_attention (GQA, windows and bias built in)."""
     B, T, H, E = q_BTHE.shape
     S = k_BSKE.shape[1]
@@ -180,12 +183,12 @@ def _dot_product_attention(q_BTHE, k_BSKE, v_BSKE, *, q_offset, kv_length, windo
         if implementation == "cudnn" and bias_1HTS is not None:
             bias_1HTS = bias_1HTS.astype(q_BTHE.dtype)
         return jax.nn.dot_product_attention(
-            q_BTHE, k_BSKE, v_BSKE, bias_1HTS, is_causal=True,
+            q_BTHE, k_BSKE, v_BSKE, bias_1HTS, is_causal=causal,
             local_window_size=(window - 1, 0) if window > 0 else None,
             implementation="cudnn" if implementation == "cudnn" else None)
     # Against a cache: queries sit at q_offset.., so the mask must be explicit (XLA path).
     mask_11TS = attention_mask(T, S, q_offset=q_offset, kv_length=kv_length,
-                               window=window)[None, None]
+                               window=window, causal=causal)[None, None]
     return jax.nn.dot_product_attention(q_BTHE, k_BSKE, v_BSKE, bias_1HTS, mask_11TS)
 
 

@@ -154,6 +154,9 @@ def token_logprobs(cfg: ModelConfig, params, ids: Sequence[int]) -> np.ndarray:
     if n > cfg.max_len:
         raise LmjaxError(f"sequence of {n} tokens exceeds the model's context of {cfg.max_len}; "
                          "score a shorter sequence")
+    if cfg.family == "encoder":
+        raise LmjaxError("the encoder family is a masked LM: it gives no next-token log-probabilities; "
+                         "use run.fill('... [MASK] ...') or lmjax eval (masked-LM loss and accuracy)")
     if cfg.family == "ngram":  # params is the counted NgramModel
         return params.logprobs(np.asarray(ids)).astype(np.float32)
     ids_1N = jnp.asarray(np.asarray(ids, np.int32)[None])

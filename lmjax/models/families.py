@@ -21,9 +21,16 @@ from lmjax.models.layers import unboxed
 # family -> (its module, its model class)
 MODULES = {
     "decoder": (transformer, transformer.Transformer),
+    "encoder": (transformer, transformer.Transformer),  # the same blocks, bidirectional
     "lstm": (lstm, lstm.LSTMLM),
     "mlp": (mlp_lm, mlp_lm.MlpLM),
 }
+
+
+def model_vocab_size(cfg: ModelConfig, tokenizer_vocab: int) -> int:
+    """The model's vocabulary for a tokenizer's: the encoder adds its [MASK] id as the last id
+    (the tokenizer itself, and its round trips, are unchanged)."""
+    return tokenizer_vocab + (1 if cfg.family == "encoder" else 0)
 
 
 def build(cfg: ModelConfig) -> nn.Module:

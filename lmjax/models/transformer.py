@@ -103,8 +103,8 @@ def attention_flops_per_token(cfg: ModelConfig, seq_len: int, *, count_masked: b
     sums of the scores, z updates: O(H*E) per token, a 1/E fraction of the above).
     """
     H, K, E, T = cfg.num_heads, cfg.kv_heads, cfg.head_dim, seq_len
-    if cfg.attention != "linear":
-        keys = T if count_masked else attention_keys_per_query(T, cfg.window)
+    if cfg.attention != "linear":  # the encoder's queries see all T keys
+        keys = T if count_masked or cfg.family == "encoder" else attention_keys_per_query(T, cfg.window)
         return 4.0 * H * E * keys
     C = min(cfg.linear_chunk, T)
     n = -(-T // C)
@@ -243,7 +243,7 @@ def attend(cfg: ModelConfig, q_BLHE, k_BSKE, v_BSKE, *, q_offset, kv_length):
                                 chunk=cfg.linear_chunk)
     return softmax_attention(q_BLHE, k_BSKE, v_BSKE, q_offset=q_offset, kv_length=kv_length,
                              window=cfg.window, alibi=cfg.positions == "alibi",
-                             implementation=cfg.attention_impl)
+                             implementation=cfg.attention_impl, causal=cfg.family != "encoder")
 
 
 class Mlp(nn.Module):
@@ -311,6 +311,9 @@ class Transformer(nn.Module):
         cfg = self.cfg
         B, L = tokens_BL.shape
         offset = 0
+        if decode and cfg.family == "encoder":
+            raise LmjaxError("the encoder family is a masked LM and does not sample or decode; "
+                             "use run.fill('... [MASK] ...') or lmjax eval")
         if decode:
             initialized = self.has_variable("cache", "cache_index")
             index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))

@@ -24,7 +24,9 @@ def vocab_size(config) -> tuple[int, bool]:
 
 def model_config(config, vocab: int | None = None):
     """The `ModelConfig` of a resolved config, with its vocabulary (`vocab_size` when None)."""
-    return config.model.replace(vocab_size=vocab or vocab_size(config)[0])
+    from lmjax.models import model_vocab_size
+
+    return config.model.replace(vocab_size=model_vocab_size(config.model, vocab or vocab_size(config)[0]))
 
 
 def estimate(config) -> dict:

@@ -31,20 +31,23 @@ from lmjax.workdir import CHECKPOINTS, Workdir
 
 def evaluate(setup: Setup, params, tokens: np.ndarray, *, batch_size: int, seq_len: int,
              max_batches: int, tokens_per_byte: float) -> dict:
-    """Held-out loss (nats/token), perplexity and bits per byte over `max_batches` (0: all)."""
-    loss_sum, count = 0.0, 0.0
+    """Held-out loss (nats/token), perplexity and bits per byte over `max_batches` (0: all); for
+    the encoder, the masked-LM loss and accuracy over fixed masks (`masked_loss`, ...)."""
     sums = []
-    for batch, weights in eval_batches(tokens, batch_size=batch_size, seq_len=seq_len,
-                                       max_batches=max_batches, process_index=jax.process_index(),
-                                       process_count=jax.process_count()):
+    batches = eval_batches(tokens, batch_size=batch_size, seq_len=seq_len, max_batches=max_batches,
+                           process_index=jax.process_index(), process_count=jax.process_count())
+    for index, (batch, weights) in enumerate(batches):
         # One batch in flight at a time: independent multi-device programs queued together can
         # reach their all-reduces in different orders on different devices (XLA:CPU deadlocked
         # on a whole-split eval over 8 devices).
         sums.append(jax.block_until_ready(setup.eval_step(
-            params, sharding.global_batch(batch, setup.mesh), sharding.global_batch(weights, setup.mesh))))
-    for s, c in jax.device_get(sums):
-        loss_sum, count = loss_sum + float(s), count + float(c)
+            params, sharding.global_batch(batch, setup.mesh), sharding.global_batch(weights, setup.mesh),
+            np.int32(index))))
+    loss_sum, count, correct = (float(sum(x)) for x in zip(*jax.device_get(sums)))
     loss = loss_sum / max(count, 1.0)
+    if setup.model_cfg.family == "encoder":
+        return {"masked_loss": loss, "masked_accuracy": correct / max(count, 1.0),
+                "masked_tokens": int(count)}
     return {
         "loss": loss,
         "perplexity": math.exp(min(loss, 700.0)),
@@ -285,7 +288,8 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
                     ev = evaluate(setup, state.params, data.val, **eval_kw)
                     writer.write(done, {f"val_{k}": v for k, v in ev.items()})
                     run["final"].update({f"val_{k}": v for k, v in ev.items()})
-                    bar.write(f"step {done}: val loss {ev['loss']:.4f}, bits/byte {ev['bits_per_byte']:.4f}")
+                    bar.write(f"step {done}: " + ", ".join(
+                        f"val {k.replace('_', ' ')} {v:.4f}" for k, v in ev.items() if isinstance(v, float)))
                     run["t_interval"] = time.perf_counter()
                 if preemption.should_stop(done) and done < last:
                     save(done)

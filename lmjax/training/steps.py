@@ -14,7 +14,8 @@ import optax
 from jax.sharding import Mesh
 
 from lmjax.config import resolve
-from lmjax.models import ModelConfig, build, unembedding_VD
+from lmjax.models import ModelConfig, build, model_vocab_size, unembedding_VD
+from lmjax.training import objectives
 from lmjax.training import sharding
 from lmjax.training.optimizer import lr_schedule, make_optimizer
 
@@ -83,7 +84,7 @@ class Setup:
 def make_setup(config, *, vocab_size: int, mesh: Mesh) -> Setup:
     """`config`: a resolved Config (a ConfigDict is resolved first)."""
     config = resolve(config)
-    model_cfg = config.model.replace(vocab_size=vocab_size)
+    model_cfg = config.model.replace(vocab_size=model_vocab_size(config.model, vocab_size))
     model = build(model_cfg)
     optimizer = make_optimizer(config.train)
     dummy = jnp.zeros((1, min(config.train.seq_len, 8)), jnp.int32)
@@ -109,8 +110,9 @@ def make_setup(config, *, vocab_size: int, mesh: Mesh) -> Setup:
         donate_argnums=0,
     )
     eval_step = jax.jit(
-        make_eval_step(model),
-        in_shardings=(shardings.params, sharding.batch_sharding(mesh), sharding.batch_sharding(mesh)),
+        make_eval_step(model, config.train.seed),
+        in_shardings=(shardings.params, sharding.batch_sharding(mesh), sharding.batch_sharding(mesh),
+                      sharding.replicated(mesh)),
         out_shardings=sharding.replicated(mesh),
     )
 
@@ -133,24 +135,26 @@ def make_train_step(model: nn.Module, optimizer, train_cfg):
     accum = train_cfg.grad_accum
     schedule = lr_schedule(train_cfg)
     base_key = jax.random.key(train_cfg.seed)
+    objective = objectives.for_model(model.cfg)
 
-    def loss_fn(params, batch_BL1, rng):
-        inputs_BL, targets_BL = batch_BL1[:, :-1], batch_BL1[:, 1:]
+    def loss_fn(params, batch_BL1, rng, objective_key):
+        inputs_BL, targets_BL, weights_BL = objective(batch_BL1, objective_key)
         out = model.apply({"params": params}, inputs_BL, train=True, rngs={"dropout": rng},
                           logits=not train_cfg.loss_chunk)
         if train_cfg.loss_chunk:
             loss_sum, count = chunked_cross_entropy(out, unembedding_VD(model.cfg, params), targets_BL,
                                                     train_cfg.loss_chunk)
         else:
-            loss_sum, count = cross_entropy(out, targets_BL)
-        return loss_sum / count
+            loss_sum, count = cross_entropy(out, targets_BL, weights_BL)
+        return loss_sum / jnp.maximum(count, 1.0)
 
     grad_fn = jax.value_and_grad(loss_fn)
 
     def train_step(state: TrainState, batch_BL1):
         rng = jax.random.fold_in(base_key, state.step)
+        objective_key = objectives.train_key(train_cfg.seed, state.step)
         if accum == 1:
-            loss, grads = grad_fn(state.params, batch_BL1, rng)
+            loss, grads = grad_fn(state.params, batch_BL1, rng, objective_key)
         else:
             # Micro-batch i takes rows i, i+accum, ...: each device keeps its own rows.
             B = batch_BL1.shape[0]
@@ -158,7 +162,8 @@ def make_train_step(model: nn.Module, optimizer, train_cfg):
 
             def accumulate(carry, xs):
                 i, micro_BL1 = xs
-                loss, grads = grad_fn(state.params, micro_BL1, jax.random.fold_in(rng, i))
+                loss, grads = grad_fn(state.params, micro_BL1, jax.random.fold_in(rng, i),
+                                      jax.random.fold_in(objective_key, i))
                 return jax.tree.map(jnp.add, carry, (loss, grads)), None
 
             zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
@@ -178,9 +183,17 @@ def make_train_step(model: nn.Module, optimizer, train_cfg):
     return train_step
 
 
-def make_eval_step(model: nn.Module):
-    def eval_step(params, batch_BL1, weights_BL):
-        logits_BLV = model.apply({"params": params}, batch_BL1[:, :-1])
-        return cross_entropy(logits_BLV, batch_BL1[:, 1:], weights_BL)
+def make_eval_step(model: nn.Module, seed: int):
+    """`eval_step(params, batch, weights, batch_index) -> (loss sum, weight sum, correct sum)`:
+    the objective's loss and its top-1 hits; the encoder's masks are fixed per batch index."""
+    objective = objectives.for_model(model.cfg)
+
+    def eval_step(params, batch_BL1, weights_BL, batch_index):
+        inputs_BL, targets_BL, weights_BL = objective(batch_BL1, objectives.eval_key(seed, batch_index),
+                                                      weights_BL)
+        logits_BLV = model.apply({"params": params}, inputs_BL)
+        loss_sum, count = cross_entropy(logits_BLV, targets_BL, weights_BL)
+        correct = jnp.sum((jnp.argmax(logits_BLV, axis=-1) == targets_BL) * weights_BL)
+        return loss_sum, count, correct
 
     return eval_step
