@@ -117,12 +117,16 @@ def wait_for_step(proc, workdir, step, timeout=240):
 
 # --- 1. exact resumption after SIGKILL; 2. torn checkpoints -----------------------------------
 
-@pytest.mark.parametrize("devices, checkpoint_every", [(1, 4), (8, 4), (1, 1)])
-def test_sigkill_at_random_moments_then_resume_is_bitwise(tmp_path, devices, checkpoint_every):
+@pytest.mark.parametrize("family, devices, checkpoint_every", [
+    ("decoder", 1, 4), ("decoder", 8, 4), ("decoder", 1, 1),
+    ("lstm", 1, 4), ("lstm", 8, 4), ("encoder", 1, 4), ("encoder", 8, 4),
+])
+def test_sigkill_at_random_moments_then_resume_is_bitwise(tmp_path, family, devices, checkpoint_every):
     """Killed twice at random steps (with checkpoint_every=1 every kill lands while an
     asynchronous save is in flight), the same command finishes with the uninterrupted run's
-    exact parameters, optimizer state and losses."""
-    args = [*TINY, "--config.train.steps=36", f"--config.train.checkpoint_every={checkpoint_every}"]
+    exact parameters, optimizer state and losses (the encoder's masks included)."""
+    args = [*TINY, "--config.train.steps=36", f"--config.train.checkpoint_every={checkpoint_every}",
+            f"--config.model.family={family}"]
     ref, work = tmp_path / "ref", tmp_path / "killed"
     proc = cli("train", *args, f"--workdir={ref}", devices=devices)
     assert proc.returncode == 0, proc.stderr[-2000:]
