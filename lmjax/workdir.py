@@ -6,6 +6,8 @@ the report agree on it:
     config.json     the resolved config (written by `lmjax train` at every start)
     run.json        fingerprints, sizes, mesh, code commit, versions, host, process settings
     metrics.jsonl   one JSON object per logged step
+    loss_by_position.jsonl  per evaluation: {"step", "loss_by_position": mean loss at each
+                    position of the evaluation window}
     tensorboard/    TensorBoard event files
     checkpoints/    orbax step folders
     result.json     final metrics, written by a sweep when `lmjax train` finished (not preempted)
@@ -39,6 +41,7 @@ from lmjax.errors import LmjaxError
 CONFIG = "config.json"
 RUN_INFO = "run.json"
 METRICS = "metrics.jsonl"
+POSITIONS = "loss_by_position.jsonl"
 TENSORBOARD = "tensorboard"
 CHECKPOINTS = "checkpoints"
 RESULT = "result.json"
@@ -162,24 +165,36 @@ class Workdir:
         except OSError as e:
             raise cannot_write(self.file(METRICS), e) from e
 
-    def truncate_metrics(self, step: int) -> None:
-        """Drop logged rows past `step` (the checkpoint a run resumes from): they are logged again."""
-        path = self.file(METRICS)
-        if not path.exists():
-            return
-        keep = []
-        for line in path.read_text().splitlines():
-            try:
-                if int(json.loads(line)["step"]) <= step:
-                    keep.append(line)
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn line
-        tmp = path.with_name(f".{path.name}.tmp")
+    def append_position_losses(self, step: int, losses: list) -> None:
         try:
-            tmp.write_text("".join(line + "\n" for line in keep))
-            os.replace(tmp, path)
+            with open(self.file(POSITIONS), "a") as f:
+                f.write(json.dumps({"step": int(step), "loss_by_position": losses}) + "\n")
         except OSError as e:
-            raise cannot_write(path, e) from e
+            raise cannot_write(self.file(POSITIONS), e) from e
+
+    def position_losses(self) -> list[dict]:
+        """Every evaluation's loss by position, in order (rows past a resume point included)."""
+        return read_metrics(self.file(POSITIONS))
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop logged rows past `step` (the checkpoint a run resumes from) from metrics.jsonl and
+        loss_by_position.jsonl: they are logged again."""
+        for path in (self.file(METRICS), self.file(POSITIONS)):
+            if not path.exists():
+                continue
+            keep = []
+            for line in path.read_text().splitlines():
+                try:
+                    if int(json.loads(line)["step"]) <= step:
+                        keep.append(line)
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn line
+            tmp = path.with_name(f".{path.name}.tmp")
+            try:
+                tmp.write_text("".join(line + "\n" for line in keep))
+                os.replace(tmp, path)
+            except OSError as e:
+                raise cannot_write(path, e) from e
 
     # --- reading -------------------------------------------------------------------------------
 

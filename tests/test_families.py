@@ -13,6 +13,7 @@ from lmjax import config as config_lib
 from lmjax.errors import ConfigError, LmjaxError
 from lmjax.models import families
 from lmjax.training.loop import train
+from lmjax.workdir import Workdir
 
 NEURAL = ["lstm", "mlp"]  # the decoder's own tests are in test_training.py
 
@@ -61,6 +62,9 @@ def test_family_trains_sharded_like_one_device_and_resumes_exactly(family, tmp_p
     train(c, resumed, progress=False, devices=jax.devices()[:1], stop_at=3)
     train(c, resumed, progress=False, devices=jax.devices()[:1])
     np.testing.assert_array_equal(losses(resumed), losses(one))
+    by_position = Workdir(one).position_losses()
+    assert [r["step"] for r in by_position] == [6] and len(by_position[0]["loss_by_position"]) == 32
+    assert Workdir(resumed).position_losses() == by_position
 
     run = lmjax.load(one)
     assert run.config.model.family == family

@@ -171,3 +171,24 @@ def plot_frontier(df, cv, front: list[dict], path: Path, title: str) -> None:
     ax.set_xlabel("training compute C (FLOPs)")
     ax.set_ylabel("validation loss (nats/token)")
     _save(fig, path)
+
+
+def plot_loss_vs_position(positions, path: Path, title: str) -> None:
+    """Validation loss at each position of the context, one line per run (colour: variant,
+    darker: more parameters), log-scaled position: where a family stops using more context."""
+    fig, ax = _figure(f"{title}: validation loss vs position in the context")
+    groups = sorted(positions["variant"].unique())
+    colors = _colors(groups)
+    for g in groups:
+        runs = positions[positions["variant"] == g]
+        sizes = sorted(runs["params_non_embedding"].dropna().unique())
+        for (_, run), c in runs.groupby(["arg", "run"], sort=True):
+            n = c["params_non_embedding"].iloc[0]
+            shade = 0.35 + 0.65 * (sizes.index(n) + 1) / len(sizes) if n in sizes else 1.0
+            ax.plot(c["position"] + 1, c["loss"], color=colors[g], alpha=shade, lw=1.2)
+        ax.plot([], [], color=colors[g], label=g)
+    ax.set_xscale("log")
+    ax.set_xlabel("position in the context (tokens seen, 1 = the first)")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.legend(fontsize=8, title="darker: more parameters", title_fontsize=8)
+    _save(fig, path)

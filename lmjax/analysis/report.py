@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 from lmjax.analysis import plots, tables
-from lmjax.analysis.runs import scan
+from lmjax.analysis.runs import position_losses, scan
 from lmjax.analysis.fitting import CI, SEED, fit_all, frontier
 
 FILES = ("results.csv", "results.md", "fits.md", "fits.json", "frontier.csv",
@@ -75,7 +75,8 @@ def write_report(experiment_dir, *, arg: str | None = None, out=None, bootstrap_
     """Collect the runs, fit, plot, and write into <experiment>/report/ (or `out`):
 
     results.csv, results.md, fits.md, fits.json, frontier.csv, loss_vs_compute.png,
-    loss_vs_params.png, frontier.png.
+    loss_vs_params.png, frontier.png; and loss_by_position.csv, loss_vs_position.png when runs
+    recorded their loss by position.
 
     Returns {"out": folder, "files": {name: path}, "results": DataFrame, "curves": DataFrame,
     "fits": {variant: fit dict}, "frontier": [points], "results_md": str, "fits_md": str,
@@ -106,5 +107,11 @@ def write_report(experiment_dir, *, arg: str | None = None, out=None, bootstrap_
     plots.plot_loss_vs_compute(df, cv, fitted, files["loss_vs_compute.png"], title)
     plots.plot_loss_vs_params(df, files["loss_vs_params.png"], title)
     plots.plot_frontier(df, cv, front, files["frontier.png"], title)
+    positions = position_losses(df, exp)
+    if len(positions):  # runs that recorded loss by position (older ones did not)
+        files["loss_by_position.csv"] = out / "loss_by_position.csv"
+        files["loss_vs_position.png"] = out / "loss_vs_position.png"
+        positions.to_csv(files["loss_by_position.csv"], index=False, float_format="%.10g")
+        plots.plot_loss_vs_position(positions, files["loss_vs_position.png"], title)
     return {"out": out, "files": files, "results": df, "curves": cv, "fits": fitted, "frontier": front,
             "results_md": results_md, "fits_md": fits_md, "notes": runs.notes}

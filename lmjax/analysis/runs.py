@@ -296,6 +296,22 @@ def scan(experiment_dir, arg: str | None = None) -> Collected:
     return Collected(df, cv, prov, notes)
 
 
+POSITION_COLUMNS = ["arg", "run", "variant", "status", "params_non_embedding", "step", "position", "loss"]
+
+
+def position_losses(df: pd.DataFrame, experiment_dir) -> pd.DataFrame:
+    """The last evaluation's loss at each position of the window, for every run that recorded
+    it (loss_by_position.jsonl): the curve Kaplan et al. compare LSTMs and Transformers by."""
+    rows = []
+    for r in df.itertuples(index=False):
+        evals = Workdir(Path(experiment_dir) / r.workdir).position_losses()
+        if evals:
+            last = evals[-1]
+            rows += [[r.arg, r.run, r.variant, r.status, r.params_non_embedding, int(last["step"]), i, loss]
+                     for i, loss in enumerate(last["loss_by_position"]) if loss is not None]
+    return pd.DataFrame(rows, columns=POSITION_COLUMNS)
+
+
 def collect(experiment_dir, *, arg: str | None = None) -> pd.DataFrame:
     """One row per run (columns `RESULT_COLUMNS`, then `PROVENANCE_COLUMNS` when any run records
     them), sorted by variant, then params, then tokens. Missing files give NaN/None cells, not

@@ -130,6 +130,7 @@ def _load(fv):
 def run_eval(fv) -> int:
     run = _load(fv)
     result = run.evaluate(batches=fv.batches)
+    result.pop("loss_by_position")  # one number per position: for notebooks and the report
     print(json.dumps({"step": run.step, **result}))
     return 0
 

@@ -43,18 +43,26 @@ def evaluate(setup: Setup, params, tokens: np.ndarray, *, batch_size: int, seq_l
         sums.append(jax.block_until_ready(setup.eval_step(
             params, sharding.global_batch(batch, setup.mesh), sharding.global_batch(weights, setup.mesh),
             np.int32(index))))
-    loss_sum, count, correct = (float(sum(x)) for x in zip(*jax.device_get(sums)))
+    loss_sum, count, correct, loss_L, count_L = (sum(x) for x in zip(*jax.device_get(sums)))
+    loss_sum, count, correct = float(loss_sum), float(count), float(correct)
     loss = loss_sum / max(count, 1.0)
+    by_position = position_losses(loss_L, count_L)
     if setup.model_cfg.family == "encoder":
         return {"masked_loss": loss, "masked_accuracy": correct / max(count, 1.0),
-                "masked_tokens": int(count)}
+                "masked_tokens": int(count), "loss_by_position": by_position}
     return {
         "loss": loss,
         "perplexity": math.exp(min(loss, 700.0)),
         # nats/token * tokens/byte / ln 2: comparable across tokenizers.
         "bits_per_byte": loss * tokens_per_byte / math.log(2),
         "tokens": int(count),
+        "loss_by_position": by_position,
     }
+
+
+def position_losses(loss_sums, counts) -> list[float | None]:
+    """Mean loss at each position of the window (None where nothing was scored)."""
+    return [float(s) / float(c) if c > 0 else None for s, c in zip(np.asarray(loss_sums), np.asarray(counts))]
 
 
 def tokens_per_byte(data: Dataset) -> float:
@@ -286,6 +294,9 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
                     flush(done)
                 if done % tc.eval_every == 0 or done == tc.steps:
                     ev = evaluate(setup, state.params, data.val, **eval_kw)
+                    by_position = ev.pop("loss_by_position")
+                    if main:
+                        wd.append_position_losses(done, by_position)
                     writer.write(done, {f"val_{k}": v for k, v in ev.items()})
                     run["final"].update({f"val_{k}": v for k, v in ev.items()})
                     bar.write(f"step {done}: " + ", ".join(

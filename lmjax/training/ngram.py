@@ -20,6 +20,7 @@ from lmjax.data import Dataset, num_eval_batches, prepare
 from lmjax.errors import ConfigError
 from lmjax.models.ngram import NgramModel, count, key_space_error
 from lmjax.process.provenance import provenance
+from lmjax.training.loop import check_tokenizer, check_workdir, position_losses, tokens_per_byte
 from lmjax.training.metrics import MetricsWriter
 from lmjax.workdir import Workdir
 
@@ -37,14 +38,15 @@ def evaluate_ngram(model: NgramModel, tokens: np.ndarray, *, batch_size: int, se
     end = min(n, windows * batch_size * seq_len + 1)
     logp = model.logprobs(np.asarray(tokens[:end]))
     loss = float(-logp.mean())
+    position = np.arange(logp.size) % seq_len  # target t + 1 sits at position t of its window
+    sums, counts = np.bincount(position, -logp, seq_len), np.bincount(position, minlength=seq_len)
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)),
-            "bits_per_byte": loss * tokens_per_byte / math.log(2), "tokens": int(logp.size)}
+            "bits_per_byte": loss * tokens_per_byte / math.log(2), "tokens": int(logp.size),
+            "loss_by_position": position_losses(sums, counts)}
 
 
 def train_ngram(config, workdir: str | os.PathLike, *, force: bool = False, print_fn=print) -> dict:
     """Count (or find counted) the n-gram model of `config` in `workdir`; the final metrics."""
-    from lmjax.training.loop import check_tokenizer, check_workdir, tokens_per_byte  # (a cycle)
-
     t_start = time.perf_counter()
     config = config_lib.resolve(config)
     tc, order = config.train, config.model.order
@@ -71,6 +73,7 @@ def train_ngram(config, workdir: str | os.PathLike, *, force: bool = False, prin
              + ("" if counted else ", loaded from its checkpoint"))
     ev = evaluate_ngram(model, data.val, batch_size=tc.batch_size, seq_len=tc.seq_len,
                         max_batches=tc.eval_batches, tokens_per_byte=tokens_per_byte(data))
+    wd.append_position_losses(STEP, ev.pop("loss_by_position"))
     val = {f"val_{k}": v for k, v in ev.items()}
     writer = MetricsWriter(wd)
     try:

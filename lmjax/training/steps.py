@@ -184,16 +184,19 @@ def make_train_step(model: nn.Module, optimizer, train_cfg):
 
 
 def make_eval_step(model: nn.Module, seed: int):
-    """`eval_step(params, batch, weights, batch_index) -> (loss sum, weight sum, correct sum)`:
-    the objective's loss and its top-1 hits; the encoder's masks are fixed per batch index."""
+    """`eval_step(params, batch, weights, batch_index) -> (loss sum, weight sum, correct sum,
+    loss sums [L], weight sums [L])`: the objective's loss and its top-1 hits, overall and per
+    position in the window; the encoder's masks are fixed per batch index."""
     objective = objectives.for_model(model.cfg)
 
     def eval_step(params, batch_BL1, weights_BL, batch_index):
         inputs_BL, targets_BL, weights_BL = objective(batch_BL1, objectives.eval_key(seed, batch_index),
                                                       weights_BL)
         logits_BLV = model.apply({"params": params}, inputs_BL)
-        loss_sum, count = cross_entropy(logits_BLV, targets_BL, weights_BL)
-        correct = jnp.sum((jnp.argmax(logits_BLV, axis=-1) == targets_BL) * weights_BL)
-        return loss_sum, count, correct
+        losses_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, targets_BL) * weights_BL
+        correct_BL = (jnp.argmax(logits_BLV, axis=-1) == targets_BL) * weights_BL
+        # Per position too (summed over the batch): loss against position in the context.
+        return (jnp.sum(losses_BL), jnp.sum(weights_BL), jnp.sum(correct_BL),
+                jnp.sum(losses_BL, axis=0), jnp.sum(weights_BL, axis=0))
 
     return eval_step
