@@ -248,7 +248,7 @@ class Workdir:
             return "running"
         if self.file(FAILED).exists():
             return "failed"
-        if self.has_checkpoints() or self.file(METRICS).exists() and self.metrics():
+        if self.has_checkpoints() or self.metrics(tail_bytes=4096):  # any logged step
             return "partial"
         return "pending"
 

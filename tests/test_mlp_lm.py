@@ -14,6 +14,7 @@ from lmjax.config import MeshConfig, ModelConfig
 from lmjax.models import init_cache, init_params, unembedding_VD
 from lmjax.models.mlp_lm import MlpLM, flops_per_token, param_count
 from lmjax.training import sharding
+from lm_testing import decode_step, forward, random_tokens
 
 VOCAB, MAX_LEN = 50, 32
 
@@ -23,21 +24,8 @@ def tiny(**kw) -> ModelConfig:
     return ModelConfig(**{**base, **kw})
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "train", "logits"))
-def forward(params, tokens_BL, rng=None, *, cfg, train=False, logits=True):
-    rngs = {"dropout": rng} if rng is not None else None
-    return MlpLM(cfg).apply({"params": params}, tokens_BL, train=train, logits=logits, rngs=rngs)
-
-
-@functools.partial(jax.jit, static_argnames="cfg")
-def decode_step(params, cache, tokens_BT, *, cfg):
-    logits_BTV, vars_ = MlpLM(cfg).apply({"params": params, "cache": cache}, tokens_BT,
-                                         decode=True, mutable=["cache"])
-    return logits_BTV, vars_["cache"]
-
-
 def tokens(seed, shape=(2, 16)):
-    return jax.random.randint(jax.random.key(seed), shape, 0, VOCAB, dtype=jnp.int32)
+    return random_tokens(seed, shape, VOCAB)
 
 
 @functools.cache
