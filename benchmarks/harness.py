@@ -311,6 +311,7 @@ def run_benchmark(config, *, steps: int, warmup: int, sample_tokens: int, device
     import numpy as np
 
     from lmjax.models import flops_per_token, param_count
+    from lmjax.models.attention import kernel_for
     from lmjax.process import hardware
 
     # Before any compile, so a corpus that cannot be loaded fails the run at once.
@@ -331,6 +332,8 @@ def run_benchmark(config, *, steps: int, warmup: int, sample_tokens: int, device
     p10, p90 = (float(np.percentile(times, q)) for q in (10, 90))
     _log(f"step {step_s * 1e3:.2f} ms median over {steps} (p10 {p10 * 1e3:.2f}, p90 {p90 * 1e3:.2f}), "
          f"{tok_s:,.0f} tokens/s, MFU {tok_s * flops_tok / peak:.1%}")
+    if model_cfg.family not in config_lib.CAUSAL:  # the encoder fills masks; it does not sample
+        sample_tokens = 0
     sampling = measure_sampling(model_cfg, state.params, min(sample_tokens, tc.seq_len - SAMPLE_PROMPT_LEN))
     mem_after = peak_memory(devices)
     data_fig = measure_data_iterator(data, config, mesh) if data is not None else None
@@ -340,7 +343,7 @@ def run_benchmark(config, *, steps: int, warmup: int, sample_tokens: int, device
         state, ckpt_fig = measure_checkpoint_overhead(setup, state, batch, config, every=checkpoint_every,
                                                       rounds=checkpoint_rounds, tokenizer=tokenizer)
     return {
-        "vocab_size": vocab, "synthetic_data": True,
+        "vocab_size": vocab, "synthetic_data": True, "attention_kernel": kernel_for(model_cfg, devices[0]),
         "mesh": {k: int(v) for k, v in mesh.shape.items()},
         "params": param_count(model_cfg), "params_non_embedding": param_count(model_cfg, embeddings=False),
         "tokens_per_step": tokens_per_step, "flops_per_token": flops_tok,

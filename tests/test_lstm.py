@@ -164,3 +164,12 @@ def test_init_and_forward_under_mesh(tie):
         sharded = jax.jit(lambda p, x: LSTMLM(cfg).apply({"params": p}, x))(
             params, jax.device_put(x_BL, sharding.batch_sharding(mesh)))
     np.testing.assert_allclose(sharded, forward(jax.device_get(params), x_BL, cfg=cfg), atol=1e-6)
+
+
+def test_unroll_is_the_same_function():
+    cfg, params = model()
+    x = tokens(3)
+    out = forward(params, x, cfg=cfg)
+    for unroll in (1, 8):  # 0 (auto) resolves to 1 on CPU
+        np.testing.assert_allclose(forward(params, x, cfg=dataclasses.replace(cfg, unroll=unroll)), out,
+                                   rtol=1e-5, atol=1e-6)

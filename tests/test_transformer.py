@@ -154,9 +154,10 @@ def loss_fn(params, tokens_BL, cfg):
     return -jnp.take_along_axis(logp, tokens_BL[:, 1:, None], -1).mean()
 
 
-def test_remat_same_loss_and_grads():
+@pytest.mark.parametrize("policy", ["nothing", "dots", "dots_no_batch"])
+def test_remat_same_loss_and_grads(policy):
     cfg = tiny(positions="learned")
-    cfg_remat = dataclasses.replace(cfg, remat=True)
+    cfg_remat = dataclasses.replace(cfg, remat=True, remat_policy=policy)
     params = init_params(cfg, jax.random.key(0))
     assert jax.tree.structure(params) == jax.tree.structure(init_params(cfg_remat, jax.random.key(0)))
     x = tokens(1, (2, 17))
@@ -165,6 +166,11 @@ def test_remat_same_loss_and_grads():
     loss_r, g_r = grad(params, x, cfg_remat)
     np.testing.assert_allclose(loss, loss_r, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g, g_r)
+
+
+def test_remat_policy_needs_remat():
+    with pytest.raises(ConfigError, match="remat_policy='dots' applies with remat"):
+        tiny(remat_policy="dots")
 
 
 def stack_layers(params, num_layers):

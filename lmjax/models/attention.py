@@ -35,6 +35,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from lmjax.config import TRANSFORMERS
+
 # Finite, so a fully masked row (never produced by causal masks, but cheap insurance) gives a
 # uniform softmax instead of NaN; far below any real score in float32.
 MASK_VALUE = -1e30
@@ -62,6 +64,14 @@ def resolve_implementation(implementation: str, dtype, head_dim: int, device=Non
         return implementation
     device = device or jax.devices()[0]
     return auto_implementation(device.platform, device.device_kind, dtype, head_dim)
+
+
+def kernel_for(cfg, device=None) -> str | None:
+    """The softmax kernel a model of `cfg` (config.model) runs on `device`, as run.json and the
+    benchmark records report it; None for the families without attention."""
+    if cfg.family not in TRANSFORMERS:
+        return None
+    return resolve_implementation(cfg.attention_impl, cfg.compute_dtype, cfg.head_dim, device)
 
 
 def attention_mask(T: int, S: int, *, q_offset, kv_length, window: int = 0,

@@ -28,8 +28,8 @@ prefix. `init_cache(cfg, B)` builds an empty (zero) one; equivalently
 
 from __future__ import annotations
 
-
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from lmjax.config import ModelConfig  # the schema's config.model section (checked there)
@@ -101,10 +101,15 @@ class LSTMLayer(nn.Module):
             carry = (c.value, h.value)
         else:
             carry = (zeros(), zeros())
-        (c_BD, h_BD), y_BLD = nn.RNN(cell, return_carry=True, name="rnn")(x_BLD, initial_carry=carry)
+        (c_BD, h_BD), y_BLD = nn.RNN(cell, return_carry=True, unroll=_unroll(cfg), name="rnn")(x_BLD, initial_carry=carry)
         if initialized:  # model.init(decode=True) only creates the (empty) cache
             c.value, h.value = c_BD.astype(jnp.float32), h_BD.astype(jnp.float32)
         return y_BLD.astype(cfg.compute_dtype)
+
+
+def _unroll(cfg) -> int:
+    """config.model.unroll, with 0 resolved for the backend (benchmarks/RESULTS.md, "GPU")."""
+    return cfg.unroll or (8 if jax.default_backend() == "gpu" else 1)
 
 
 class LSTMLM(nn.Module):

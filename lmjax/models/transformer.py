@@ -274,6 +274,14 @@ class Block(nn.Module):
         return nn.with_logical_constraint(x_BLD, ("batch", "length", "act_embed"))
 
 
+# config.model.remat_policy -> what the backward keeps of a rematerialised block (None: nothing).
+REMAT_POLICIES = {
+    "nothing": None,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
 def _scan_step(block: Block, x_BLD, rope, offset):
     return block(x_BLD, rope, offset), None
 
@@ -287,7 +295,7 @@ def run_blocks(cfg: ModelConfig, x_BLD, rope, offset, *, train: bool, decode: bo
     deep models start quickly. remat only pays off when training; the cache update must not be
     recomputed.
     """
-    block = nn.remat(Block) if cfg.remat and not decode else Block
+    block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat_policy]) if cfg.remat and not decode else Block
     if not cfg.scan_layers:
         for i in range(cfg.num_layers):
             x_BLD = block(cfg, train, decode, name=f"block_{i}")(x_BLD, rope, offset)

@@ -1,11 +1,15 @@
 """XLA flags that lmjax's command-line processes add before JAX starts a backend.
 
-YNNPACK dot fusions off on CPU (`--xla_cpu_experimental_ynn_fusion_type=`, Eigen's dots instead):
-on the 2-core CPU the nanoGPT default shape's train step went from 14.8 to 11.0 s and the baby
-shape's from 58-63 to 55-56 ms (benchmarks/RESULTS.md, "CPU levers measured"). It is a CPU-only
-setting. A flag the installed jaxlib does not know aborts XLA at start-up, so it is only added
-for the jaxlib versions it was checked on; a user's own value of the flag is kept, and
-LMJAX_XLA_DEFAULTS=0 adds nothing.
+- CPU: YNNPACK dot fusions off (`--xla_cpu_experimental_ynn_fusion_type=`, Eigen's dots instead):
+  on the 2-core CPU the nanoGPT default shape's train step went from 14.8 to 11.0 s and the baby
+  shape's from 58-63 to 55-56 ms (benchmarks/RESULTS.md, "CPU levers measured").
+- GPU: Triton gemm fusions off (`--xla_gpu_enable_triton_gemm=false`, cuBLAS for every matmul):
+  XLA autotunes each Triton gemm fusion at compile time; on an H100 GPT-2 small's scanned train
+  step reached its first step in 13.1 s instead of 56.7 s, and ran at 57.5 ms instead of 58.8
+  (benchmarks/RESULTS.md, "GPU").
+Each flag only affects its own backend. A flag the installed jaxlib does not know aborts XLA at
+start-up, so they are only added for the jaxlib versions they were checked on; a user's own value
+of a flag is kept, and LMJAX_XLA_DEFAULTS=0 adds nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 
 from lmjax.process.settings import Settings
 
-DEFAULT_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
+DEFAULT_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=", "--xla_gpu_enable_triton_gemm=false")
 CHECKED_JAXLIB = ((0, 10), (0, 12))  # [first, last) minor versions known to accept the flags
 
 

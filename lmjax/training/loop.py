@@ -15,12 +15,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lmjax import config as config_lib
-from lmjax.config import TRANSFORMERS
 from lmjax.checkpointing import Checkpointer
 from lmjax.data import Dataset, eval_batches, prepare, tokenizer_from_json, train_batch
 from lmjax.errors import CheckpointError, ConfigError, LmjaxError
 from lmjax.models import flops_per_token, param_count
-from lmjax.models.attention import resolve_implementation
+from lmjax.models.attention import kernel_for
 from lmjax.process import hardware
 from lmjax.process.provenance import provenance
 from lmjax.training import sharding
@@ -157,9 +156,7 @@ def run_info(config, data: Dataset, setup: Setup) -> dict:
         "mesh": dict(mesh.shape),
         "train_tokens": len(data.train),
         "val_tokens": len(data.val),
-        "attention_impl": (resolve_implementation(model.attention_impl, model.compute_dtype,
-                                                  model.head_dim, mesh.devices.flat[0])
-                           if model.family in TRANSFORMERS else None),
+        "attention_impl": kernel_for(model, mesh.devices.flat[0]),
         "processes": jax.process_count(),
         **provenance(jax.devices()),
     }
