@@ -398,6 +398,27 @@ def test_eval_batches_cover_every_target_once(n_tokens, seq_len, batch_size):
                           np.arange(0, n_tokens - 1, seq_len))  # windows tile the split from the start
 
 
+@pytest.mark.parametrize("n_tokens, seq_len, overlap", [(1000, 16, 7), (1001, 16, 1), (17, 16, 15), (9, 16, 3),
+                                                       (500, 8, 7)])
+def test_eval_batches_sliding_window(n_tokens, seq_len, overlap):
+    """With overlap, every target is still scored once with its true input, and every scored
+    target past the split's first `overlap` has `overlap` previous tokens in its window."""
+    tokens = np.arange(n_tokens, dtype=np.uint16)
+    args = dict(batch_size=3, seq_len=seq_len, overlap=overlap)
+    batches = list(eval_batches(tokens, **args))
+    assert len(batches) == num_eval_batches(n_tokens, **args)
+    batch_tokens = np.concatenate([b for b, _ in batches])
+    weights = np.concatenate([w for _, w in batches])
+    assert weights.sum() == n_tokens - 1
+    real = weights == 1
+    assert np.array_equal(np.sort(batch_tokens[:, 1:][real]), np.arange(1, n_tokens))
+    rows, cols = np.nonzero(real)
+    context = np.minimum(cols, overlap)  # tokens before the target's input in its window
+    assert np.all((context == overlap) | (batch_tokens[rows, cols + 1] <= overlap))
+    with pytest.raises(DataError, match="overlap of 16 needs 0 <= overlap < seq_len=16"):
+        next(eval_batches(tokens, batch_size=3, seq_len=16, overlap=16))
+
+
 @pytest.mark.parametrize("process_count", [2, 3])
 def test_eval_batches_shards_and_max_batches(process_count):
     tokens = np.arange(2000, dtype=np.uint16)

@@ -14,6 +14,7 @@ from lmjax.models.attention import (
 from lmjax.models.decode import generate, sample_logits, token_logprobs
 from lmjax.models.families import (
     build,
+    eval_overlap,
     flops_per_token,
     init_cache,
     init_params,
@@ -24,7 +25,7 @@ from lmjax.models.layers import unboxed, unembedding_VD
 from lmjax.models.transformer import Transformer, attend, attention_flops_per_token
 
 __all__ = [
-    "ModelConfig", "Transformer", "alibi_slopes", "attend", "attention_flops_per_token", "build", "model_vocab_size",
+    "ModelConfig", "Transformer", "alibi_slopes", "attend", "attention_flops_per_token", "build", "eval_overlap", "model_vocab_size",
     "attention_mask", "flops_per_token", "generate", "init_cache", "init_params",
     "linear_attention", "linear_attention_chunked", "param_count", "sample_logits",
     "softmax_attention", "token_logprobs", "unboxed", "unembedding_VD",

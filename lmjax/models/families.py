@@ -33,6 +33,13 @@ def model_vocab_size(cfg: ModelConfig, tokenizer_vocab: int) -> int:
     return tokenizer_vocab + (1 if cfg.family == "encoder" else 0)
 
 
+def eval_overlap(cfg: ModelConfig) -> int:
+    """How many tokens consecutive evaluation windows share: the MLP LM sees a fixed context, so
+    it is evaluated with a sliding window (each scored target gets its context - 1 previous
+    tokens, as the n-gram's does); the others score non-overlapping windows."""
+    return cfg.context - 1 if cfg.family == "mlp" else 0
+
+
 def build(cfg: ModelConfig) -> nn.Module:
     """The Flax module of cfg.family."""
     return MODULES[cfg.family][1](cfg)

@@ -18,7 +18,7 @@ from lmjax import config as config_lib
 from lmjax.checkpointing import Checkpointer
 from lmjax.data import Dataset, eval_batches, prepare, tokenizer_from_json, train_batch
 from lmjax.errors import CheckpointError, ConfigError, LmjaxError
-from lmjax.models import flops_per_token, param_count
+from lmjax.models import eval_overlap, flops_per_token, param_count
 from lmjax.models.attention import kernel_for
 from lmjax.process import hardware
 from lmjax.process.provenance import provenance
@@ -34,7 +34,8 @@ def evaluate(setup: Setup, params, tokens: np.ndarray, *, batch_size: int, seq_l
     the encoder, the masked-LM loss and accuracy over fixed masks (`masked_loss`, ...)."""
     sums = []
     batches = eval_batches(tokens, batch_size=batch_size, seq_len=seq_len, max_batches=max_batches,
-                           process_index=jax.process_index(), process_count=jax.process_count())
+                           overlap=eval_overlap(setup.model_cfg), process_index=jax.process_index(),
+                           process_count=jax.process_count())
     for index, (batch, weights) in enumerate(batches):
         # One batch in flight at a time: independent multi-device programs queued together can
         # reach their all-reduces in different orders on different devices (XLA:CPU deadlocked
