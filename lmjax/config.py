@@ -374,6 +374,68 @@ class Config:
                 for name, cls in SECTIONS.items()}
 
 
+# ------------------------------------------------------------------------------ fine-tuning
+
+POOLINGS = ("auto", "first", "mean", "last")
+STDLIB_TASK = "stdlib-modules"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FinetuneConfig:
+    """config.finetune: what `lmjax finetune` adds to a pretrained run's config. A section of its
+    own, outside SECTIONS: pretraining configs (and their sweeps' hashes) never carry it; a
+    fine-tuned run's config.json holds the pretrained run's sections plus this one."""
+
+    init: str = key("", "the pretrained run's workdir (its config, tokenizer and latest checkpoint)")
+    task: str = key(STDLIB_TASK, f"'{STDLIB_TASK}' (built in), or a labelled .jsonl "
+                    "({'text': ..., 'label': ...} per line) or .tsv (text<TAB>label) file")
+    pooling: str = key("auto", "how the hidden states become one vector: 'auto' is 'first' for the "
+                       "encoder and 'last' for causal models", choices=POOLINGS)
+    freeze_backbone: bool = key(False, "train the head alone (a linear probe)")
+    random_init: bool = key(False, "the same model from fresh parameters (the baseline that "
+                            "pretraining must beat)")
+    steps: int = key(300, "fine-tuning steps", minimum=0)
+    batch_size: int = key(32, "examples per step", minimum=1)
+    lr: float = key(1e-3, "AdamW peak learning rate (warmup, then cosine to 10%)")
+    warmup_steps: int = key(30, "linear warmup steps", minimum=0)
+    weight_decay: float = key(0.01, "AdamW decay, on matrices only")
+    eval_every: int = key(100, "evaluate on the held-out examples every N steps (and at the end)",
+                          minimum=1)
+    max_per_label: int = key(2000, f"{STDLIB_TASK}: training snippets kept per label (a fifth of it "
+                             "held out), drawn evenly from the label's files", minimum=1)
+    seed: int = key(0, "head initialisation, example order and dropout")
+
+    def __post_init__(self):
+        _check_keys(self, "finetune")
+
+
+def finetune_base_config() -> ml_collections.ConfigDict:
+    """config.finetune at its defaults, as `lmjax finetune`'s --config starts from."""
+    return ml_collections.ConfigDict({"finetune": {f.name: f.default for f in keys(FinetuneConfig)}})
+
+
+def resolve_finetune(c) -> FinetuneConfig:
+    """A {'finetune': {...}} ConfigDict/dict (or its inner dict) -> the checked FinetuneConfig."""
+    d = c.to_dict() if hasattr(c, "to_dict") else dict(c)
+    d = dict(d.get("finetune", d))
+    for k in d:
+        check_finetune_key(f"finetune.{k}")
+    return FinetuneConfig(**d)
+
+
+def check_finetune_key(dotted: str) -> str:
+    """`dotted` ('finetune.steps') if config.finetune has it, else a ConfigError naming the nearest."""
+    section, _, name = dotted.partition(".")
+    if section != "finetune":
+        raise ConfigError(f"lmjax finetune takes config.finetune keys only, got 'config.{dotted}'; the "
+                          "model, data and tokenizer are the pretrained run's")
+    valid = [f.name for f in keys(FinetuneConfig)]
+    if name not in valid:
+        raise ConfigError(f"unknown config key 'config.{dotted}'; did you mean "
+                          f"'config.finetune.{nearest_key(name, valid)}'?")
+    return dotted
+
+
 # ------------------------------------------------------------------------- ConfigDict <-> Config
 
 def base_config() -> ml_collections.ConfigDict:

@@ -22,7 +22,7 @@ from lmjax.errors import CheckpointError, LmjaxError
 from lmjax.models import ModelConfig, build, generate, model_vocab_size, token_logprobs
 from lmjax.models.attention import resolve_implementation
 from lmjax.training import sharding
-from lmjax.workdir import CHECKPOINTS, Workdir
+from lmjax.workdir import CHECKPOINTS, Workdir, read_json
 
 
 MASK_TOKEN = "[MASK]"  # what run.fill replaces with the encoder's mask id
@@ -66,6 +66,8 @@ class Run:
     params: dict  # the model's parameters (an n-gram model: its counted NgramModel)
     tokenizer: Tokenizer
     model_cfg: ModelConfig
+    finetune: config_lib.FinetuneConfig | None = None  # set for a classifier from `lmjax finetune`
+    labels: tuple[str, ...] = ()  # the classifier's labels, in the order of its outputs
 
     @property
     def metrics(self) -> History:
@@ -76,6 +78,7 @@ class Run:
                  top_p: float | None = None, seed: int | None = None) -> str | list[str]:
         """Continuations of `prompts` (a string gives a string). Defaults from config.sample;
         max_new_tokens 0 fills the model's context after the longest prompt."""
+        self._language_model("generate")
         s = self.config.sample
         single = isinstance(prompts, str)
         ids = [self.tokenizer.encode(p) for p in ([prompts] if single else prompts)]
@@ -93,6 +96,7 @@ class Run:
     def fill(self, text: str, *, top_k: int = 5) -> list[list[tuple[str, float]]]:
         """An encoder's top_k predictions (token text, probability) for each MASK_TOKEN in
         `text`, in order."""
+        self._language_model("fill")
         if self.model_cfg.family != "encoder":
             raise LmjaxError(f"fill is for the encoder family (a masked LM); this run is a "
                              f"{self.model_cfg.family}: use run.generate(...)")
@@ -115,14 +119,48 @@ class Run:
                 for m, row in enumerate(top_MK)]
 
     def score(self, text: str) -> TokenScores:
+        self._language_model("score")
         ids = self.tokenizer.encode(text)
         logprobs = token_logprobs(self.model_cfg, self.params, ids)
         return TokenScores([self.tokenizer.decode([i]) for i in ids[1:]], np.asarray(logprobs))
 
+    def _language_model(self, operation: str) -> None:
+        if self.finetune is not None:
+            raise LmjaxError(f"{self.workdir} is a classifier fine-tuned on {self.finetune.task}; {operation} "
+                             f"needs a language model: use run.classify(texts), or load {self.finetune.init}")
+
+    def classify(self, texts: str | Sequence[str]) -> list[dict]:
+        """A fine-tuned classifier's prediction for each text: {'label', 'probabilities': {label: p}}
+        (texts longer than the context are truncated, as in fine-tuning)."""
+        from lmjax.data.tasks import _pad
+        from lmjax.training.finetune import classifier_for, predict
+
+        if self.finetune is None:
+            raise LmjaxError(f"{self.workdir} is a language model, not a classifier; fine-tune it with "
+                             f"`lmjax finetune --init {self.workdir} --task TASK --workdir OUT`")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        ids = [np.asarray(self.tokenizer.encode(t), np.int32)[:self.config.train.seq_len] for t in texts]
+        ex = _pad(ids, [0] * len(ids), self.config.train.seq_len)
+        model = classifier_for(self.model_cfg, self.finetune, len(self.labels))
+        probs = predict(model, self.params, ex.tokens, ex.lengths)
+        return [{"label": self.labels[int(p.argmax())],
+                 "probabilities": {label: float(q) for label, q in zip(self.labels, p)}} for p in probs]
+
     def evaluate(self, batches: int | None = None) -> dict:
-        """Validation loss, perplexity, bits per byte (batches 0: the whole split)."""
+        """Validation loss, perplexity, bits per byte (batches 0: the whole split); for a
+        fine-tuned classifier, accuracy, macro-F1 and the confusion matrix on the task's held-out
+        examples (`batches` does not apply)."""
         from lmjax.training.loop import evaluate, tokens_per_byte
         from lmjax.training.steps import make_setup
+
+        if self.finetune is not None:
+            from lmjax.data.tasks import check_labels
+            from lmjax.training.finetune import classifier_for, evaluate_classifier, task_for
+
+            task = task_for(self.finetune, self.config, self.tokenizer)
+            check_labels(task, self.labels)
+            model = classifier_for(self.model_cfg, self.finetune, len(self.labels))
+            return {**evaluate_classifier(model, self.params, task.val), "labels": list(self.labels)}
 
         data = prepare(self.config.data)
         tc = self.config.train
@@ -174,9 +212,24 @@ def load(workdir: str | Path, step: int | None = None) -> Run:
     if step not in steps:
         raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has steps {sorted(steps)}")
     cfg_dict, tok_json = ckpt.restore_meta(step)
+    ft_dict = cfg_dict.pop("finetune", None)  # a classifier from `lmjax finetune`
     config = _runnable_here(config_lib.resolve(cfg_dict))
     tokenizer = tokenizer_from_json(tok_json)
     model_cfg = config.model.replace(vocab_size=model_vocab_size(config.model, tokenizer.vocab_size))
+    if ft_dict is not None:
+        from lmjax.training.finetune import LABELS, classifier_for, init_classifier
+
+        finetune = config_lib.resolve_finetune(ft_dict)
+        labels = tuple(read_json(workdir / LABELS) or ())
+        if len(labels) < 2:
+            raise CheckpointError(f"{workdir} is a fine-tuned run without its {LABELS}; fine-tune it again")
+        model = classifier_for(model_cfg, finetune, len(labels))
+        abstract = jax.eval_shape(lambda: init_classifier(model, 0, config.train.seq_len))
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+        params = ckpt.restore_state(step, {"params": abstract})["params"]
+        ckpt.close()
+        return Run(workdir, step, config, params, tokenizer, model_cfg, finetune, labels)
     if model_cfg.family == "ngram":
         from lmjax.models.ngram import NgramModel
 

@@ -3,6 +3,7 @@
     lmjax train [--config configs/NAME.py[:ARG]] [--config.model.num_layers=4 ...] [--workdir runs/x]
     lmjax eval --workdir runs/x [--batches N]
     lmjax sample --workdir runs/x --prompt "def " [--prompt "..."] [--temperature 0.8 ...]
+    lmjax finetune --init runs/x --task stdlib-modules --workdir runs/x-cls [--config.finetune.steps=300 ...]
     lmjax sweep --config experiments/NAME/config.py:ARG [--parallel N] [--dry-run]
     lmjax report experiments/NAME
 
@@ -23,7 +24,7 @@ from ml_collections import config_flags
 from lmjax import config as config_lib
 from lmjax.errors import ConfigError, LmjaxError
 
-COMMANDS = ("train", "eval", "sample", "sweep", "report")
+COMMANDS = ("train", "eval", "sample", "finetune", "sweep", "report")
 # Commands with their own parsers, in their own folders.
 DELEGATED = {"sweep": "lmjax.sweeps.cli", "report": "lmjax.analysis.cli"}
 USAGE = f"usage: lmjax {{{','.join(COMMANDS)}}} [flags]   (lmjax COMMAND --help for flags)"
@@ -50,6 +51,18 @@ def _define_flags(command: str, fv: flags.FlagValues) -> None:
                              "TPU VMs, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / "
                              "JAX_PROCESS_ID).", flag_values=fv)
         return
+    if command == "finetune":
+        config_flags.DEFINE_config_dict("config", config_lib.finetune_base_config(),
+                                        "config.finetune keys, e.g. --config.finetune.steps=300.",
+                                        flag_values=fv, lock_config=False)
+        flags.DEFINE_string("init", None, "The pretrained run's workdir (config.finetune.init).",
+                            flag_values=fv)
+        flags.DEFINE_string("task", None, f"'{config_lib.STDLIB_TASK}' or a .jsonl/.tsv file of labelled "
+                            "texts (config.finetune.task).", flag_values=fv)
+        flags.DEFINE_string("workdir", None, "Folder for the fine-tuned run.", flag_values=fv)
+        flags.DEFINE_boolean("force", False, "Start over in a workdir that holds a run (its checkpoints "
+                             "are renamed, not deleted).", flag_values=fv)
+        return
     flags.DEFINE_string("workdir", None, "Run folder written by `lmjax train`.", flag_values=fv)
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=fv)
     if command == "eval":
@@ -75,6 +88,10 @@ def check_overrides(argv: list[str]) -> None:
 def parse(command: str, argv: list[str]) -> flags.FlagValues:
     if command == "train":
         check_overrides(argv)
+    if command == "finetune":
+        for arg in argv:
+            if arg.startswith("--config."):
+                config_lib.check_finetune_key(arg[len("--config."):].split("=", 1)[0])
     fv = flags.FlagValues()
     full_argv = [f"lmjax {command}"] + argv
     # config_flags reads the --config.KEY overrides from sys.argv when the flag is defined.
@@ -130,8 +147,31 @@ def _load(fv):
 def run_eval(fv) -> int:
     run = _load(fv)
     result = run.evaluate(batches=fv.batches)
-    result.pop("loss_by_position")  # one number per position: for notebooks and the report
+    if run.finetune is not None:  # a classifier: the confusion matrix as a table and a PNG
+        from lmjax.training.finetune import CONFUSION_PNG, confusion_table, plot_confusion
+
+        png = Path(fv.workdir) / CONFUSION_PNG
+        plot_confusion(result, run.labels, png, f"{run.finetune.task}: {Path(fv.workdir).name}")
+        print(confusion_table(result, run.labels))
+        print(f"accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f} on "
+              f"{result['examples']:,} held-out examples; confusion matrix plotted in {png}")
+    result.pop("loss_by_position", None)  # one number per position: for notebooks and the report
     print(json.dumps({"step": run.step, **result}))
+    return 0
+
+
+def run_finetune(fv) -> int:
+    from lmjax.training.finetune import finetune
+
+    if not fv.workdir:
+        raise ConfigError("--workdir is required: a new folder for the fine-tuned run")
+    cfg = fv.config.to_dict()
+    for name in ("init", "task"):
+        if fv[name].value is not None:
+            cfg["finetune"][name] = fv[name].value
+    final = finetune(cfg, fv.workdir, force=fv.force)
+    final.pop("confusion_matrix")
+    print(json.dumps({"workdir": fv.workdir, **final}))
     return 0
 
 
@@ -158,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         import importlib
 
         return importlib.import_module(DELEGATED[command]).main(rest)
-    commands = {"train": run_train, "eval": run_eval, "sample": run_sample}
+    commands = {"train": run_train, "eval": run_eval, "sample": run_sample, "finetune": run_finetune}
     return guarded(lambda: commands[command](parse(command, rest)), verbose="--verbose" in rest)
 
 
