@@ -96,6 +96,7 @@ def plot_loss_vs_compute(df, cv, fitted, path: Path, title: str) -> None:
         _scatter_by_status(ax, sub, "compute", colors[g])
         any_data = any_data or bool(len(sub))
         _fit_line(ax, g, fitted.get(g), sub, colors[g])
+    any_data = _count_based_references(ax, df, group) or any_data
     if not any_data:
         _no_data(ax)
     ax.set_xscale("log")
@@ -117,6 +118,19 @@ def _status_legend(ax, *, stale: bool = False) -> None:
     ax.add_artist(first)
 
 
+def _count_based_references(ax, df, group) -> bool:
+    """Runs trained by counting, not gradient steps (n-grams: 0 training FLOPs, and stored counts
+    instead of weights) have no place on a log axis of compute, nor beside weight counts: each
+    done one is a dotted horizontal line at its loss."""
+    refs = df[(df["status"] == "done") & (df["compute"].astype(float) == 0)
+              & np.isfinite(df["val_loss"].astype(float))]
+    for (_, row), shade in zip(refs.sort_values("val_loss").iterrows(), np.linspace(0.2, 0.6, len(refs))):
+        ax.axhline(row["val_loss"], color=str(shade), ls=":", lw=1)
+        ax.annotate(f"{group[row.name]} {row['val_loss']:.3f}", (1.0, row["val_loss"]),
+                    xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=7, color=str(shade))
+    return bool(len(refs))
+
+
 def plot_loss_vs_params(df, path: Path, title: str) -> None:
     fig, ax = _figure(f"{title}: final validation loss vs parameters")
     group = groups(df)
@@ -125,7 +139,7 @@ def plot_loss_vs_params(df, path: Path, title: str) -> None:
     any_data = False
     for g in sorted(group.unique()):
         m = (group == g) & np.isfinite(n.astype(float)) & np.isfinite(df["val_loss"].astype(float)) \
-            & (df["status"] != "failed")
+            & (df["status"] != "failed") & (n.astype(float) > 0) & (df["compute"].astype(float) != 0)
         sub = df[m].assign(n=n[m])
         if not len(sub):
             continue
@@ -137,6 +151,7 @@ def plot_loss_vs_params(df, path: Path, title: str) -> None:
                 ax.plot(t["n"], t["val_loss"], color=colors[g], alpha=0.6, lw=1)
         _scatter_by_status(ax, sub, "n", colors[g])
         ax.plot([], [], color=colors[g], marker="o", label=g)
+    any_data = _count_based_references(ax, df, group) or any_data
     if not any_data:
         _no_data(ax)
     else:

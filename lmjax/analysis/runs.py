@@ -127,8 +127,9 @@ def _get(d: dict | None, dotted: str, default=None):
 def variant_label(config: dict | None) -> str:
     """A run's variant from its config.json: `mha`, `mqa`, `linear`, `gqa-kv2` (grouped-query
     with 2 kv heads), `window32` (multi-head with a 32-token sliding window), `gqa-kv2-window32`
-    (any other attention with a window); for the other families their name (`lstm`, and
-    `mlp-ctx8` with the context length); `unknown` without a model config."""
+    (any other attention with a window); for the other families their name with what sets it
+    apart (`lstm-2l`: layers, `mlp-ctx8`: context, `ngram-o5`: order; `encoder`); `unknown`
+    without a model config."""
     model = _get(config, "model")
     family = model.get("family", "decoder") if isinstance(model, dict) else "decoder"
     if family == "mlp":
@@ -137,6 +138,8 @@ def variant_label(config: dict | None) -> str:
         return f"ngram-o{model.get('order')}"
     if family == "encoder":
         return "encoder"
+    if family == "lstm":  # depth is the LSTM's variant (Kaplan et al. compare 1, 2, 4 layers)
+        return f"lstm-{model.get('num_layers')}l"
     if family != "decoder":
         return str(family)
     if not isinstance(model, dict) or "attention" not in model:

@@ -33,6 +33,7 @@ from lmjax.errors import DataError
 STDLIB_GROUPS = ("asyncio", "ctypes", "email", "encodings", "idlelib", "importlib", "multiprocessing",
                  "test", "tkinter", "unittest", "xml")
 FILE_SUFFIXES = (".jsonl", ".tsv")
+MAX_UNKNOWN = 0.01  # share of <unk> tokens above which the tokenizer does not fit the task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +84,7 @@ def load_task(task: str, tokenizer, *, length: int, val_fraction: float = 0.1,
 
     def examples(split):
         ids = [np.asarray(tokenizer.encode(text), np.int32)[:length] for text, _, _ in split]
+        _check_coverage(ids, tokenizer, str(path))
         return _pad(ids, [index[label] for _, label, _ in split], length)
 
     return Task(str(path), labels, examples(train), examples(val))
@@ -95,6 +97,20 @@ def check_labels(task: Task, labels: tuple[str, ...]) -> None:
         raise DataError(f"task {task.name} has labels the fine-tuned run was not trained on "
                         f"({', '.join(map(repr, unknown[:5])) or 'another order'}); evaluate it on the "
                         "task it was fine-tuned on")
+
+
+def _check_coverage(ids: list[np.ndarray], tokenizer, task: str) -> None:
+    """A tokenizer trained on other text (a char vocabulary from Shakespeare for Python source)
+    maps much of the task to <unk>: refuse it rather than fine-tune on unknowns."""
+    unk = getattr(tokenizer, "unk_id", None)
+    total = sum(len(x) for x in ids)
+    if unk is None or not total:
+        return
+    share = sum(int((x == unk).sum()) for x in ids) / total
+    if share > MAX_UNKNOWN:
+        raise DataError(f"the pretrained run's {tokenizer.kind} tokenizer maps {share:.0%} of {task}'s "
+                        "tokens to <unk>: it was trained on other text; fine-tune a run whose tokenizer "
+                        "covers the task (e.g. a byte-level one)")
 
 
 def _text_in_val(text: str, val_fraction: float) -> bool:
@@ -172,5 +188,6 @@ def _stdlib_modules(tokenizer, *, length: int, val_fraction: float, max_per_labe
             keep = np.unique(np.linspace(0, len(have) - 1, min(cap, len(have))).astype(int))
             ids += [have[k] for k in keep]
             labels += [i] * len(keep)
+        _check_coverage(ids, tokenizer, STDLIB_TASK)
         out[split] = _pad(ids, labels, length)
     return Task(STDLIB_TASK, STDLIB_GROUPS, out["train"], out["val"])

@@ -70,7 +70,7 @@ def make_train_step(model: Classifier, optimizer, seed: int):
         loss, grads = jax.value_and_grad(loss_fn)(state.params, tokens_BL, lengths_B, labels_B, rng)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return TrainState(state.step + 1, params, opt_state), {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return TrainState(state.step + 1, params, opt_state), {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     return train_step
 
