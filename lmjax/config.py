@@ -43,6 +43,7 @@ FAMILIES = ("decoder", "encoder", "lstm", "mlp", "ngram")
 TRANSFORMERS = ("decoder", "encoder")  # the families built from attention blocks
 NEURAL = ("decoder", "encoder", "lstm", "mlp")  # the families trained by gradient steps
 CAUSAL = ("decoder", "lstm", "mlp", "ngram")  # the next-token language models (all but encoder)
+COUNTED_STEP = 1  # an n-gram model is counted, not trained: its checkpoint and result are "step 1"
 TOKENIZERS = ("byte", "char", "sentencepiece")
 SP_MODEL_TYPES = ("bpe", "unigram")
 NORMS = ("rmsnorm", "layernorm")

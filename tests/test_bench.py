@@ -56,6 +56,7 @@ def test_harness_smoke(tmp_path):
     assert math.isfinite(f["step_time_s"]["median"]) and f["step_time_s"]["median"] > 0
     assert f["time_to_first_step_s"] > 0 and math.isfinite(f["final_loss"])
     assert f["tokens_per_step"] == 8 * 32 and f["params"] > 0
+    assert f["attention_kernel"] == "einsum"  # what config.model.attention_impl='auto' is on CPU
     assert f["sampling"]["1"]["tokens_per_s"] > 0 and f["sampling"]["8"]["tokens_per_s"] > 0
     assert saved["config"]["model"]["num_layers"] == 2 and saved["device"]["count"] == 1
     assert saved["overrides"][0] == "--config.model.num_layers=2"

@@ -10,6 +10,7 @@ import pytest
 
 import lmjax
 from lmjax import config as config_lib
+from lmjax.data import prepare
 from lmjax.errors import ConfigError, LmjaxError
 from lmjax.models import families
 from lmjax.training.loop import train
@@ -198,3 +199,16 @@ def test_masks_follow_berts_recipe_and_not_the_device_count():
     for a, b in zip(objective(spread, key), (inputs, targets, weights)):
         np.testing.assert_array_equal(np.asarray(a), b)
     assert not np.array_equal(np.asarray(objective(batch, objectives.train_key(0, 6))[2]), weights)
+
+
+def test_mlp_evaluates_with_a_sliding_window(tmp_path):
+    """Every scored target gets its full context; the first context - 1 positions, scored only in
+    the split's first window, are left out of the loss by position."""
+    c = family_config("mlp", context=4, num_layers=1, width=16)
+    c.train.update(steps=2, eval_every=2)
+    train(c, tmp_path / "mlp", progress=False)
+    run = lmjax.load(tmp_path / "mlp")
+    ev = run.evaluate(batches=0)
+    assert ev["tokens"] == len(prepare(run.config.data).val) - 1  # each target once, as for the others
+    by_position = ev["loss_by_position"]
+    assert by_position[:3] == [None] * 3 and all(x is not None for x in by_position[3:])

@@ -33,9 +33,10 @@ def fit_all(df: pd.DataFrame, *, bootstrap_n: int = 1000, seed: int = SEED, ci: 
     group = groups(df)
     pts = fit_points(df)
     out = {}
+    counted = set(group[df["compute"].astype(float) == 0])  # n-grams: no training FLOPs to fit on
     for g in sorted(group.unique()):
         sub = pts[group[pts.index] == g]
-        if not len(sub) and g.endswith("unknown"):
+        if not len(sub) and (g.endswith("unknown") or g in counted):
             continue  # runs without a config.json yet (pending, or failed before starting)
         res = fits_lib.fit_variant(sub["compute"].to_numpy(float), sub["val_loss"].to_numpy(float),
                                    bootstrap_n=bootstrap_n, seed=seed, ci=ci)
@@ -45,9 +46,10 @@ def fit_all(df: pd.DataFrame, *, bootstrap_n: int = 1000, seed: int = SEED, ci: 
 
 
 def frontier(df: pd.DataFrame, cv: pd.DataFrame) -> list[dict]:
-    """`fits.compute_optimal_frontier` over every eval point of every run that did not fail."""
+    """`fits.compute_optimal_frontier` over every eval point of every trained run that did not
+    fail (a counted n-gram, at 0 FLOPs, would hold the whole axis)."""
     group = dict(zip(zip(df["arg"], df["run"]), groups(df)))
-    ok = cv[cv["status"] != "failed"]
+    ok = cv[(cv["status"] != "failed") & (cv["compute"] > 0)]  # counted models spend no FLOPs
     pts = [{"compute": r.compute, "loss": r.val_loss, "variant": group[(r.arg, r.run)], "run": r.run,
             "arg": r.arg, "step": int(r.step), "tokens": r.tokens}
            for r in ok.itertuples(index=False)]

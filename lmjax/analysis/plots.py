@@ -189,21 +189,36 @@ def plot_frontier(df, cv, front: list[dict], path: Path, title: str) -> None:
 
 
 def plot_loss_vs_position(positions, path: Path, title: str) -> None:
-    """Validation loss at each position of the context, one line per run (colour: variant,
-    darker: more parameters), log-scaled position: where a family stops using more context."""
+    """Validation loss against position in the context for each variant's largest run (most
+    non-embedding parameters; loss_by_position.csv has every run), averaged over log-spaced
+    bins of positions since one evaluation's per-position means are noisy: where a family stops
+    using more context."""
     fig, ax = _figure(f"{title}: validation loss vs position in the context")
     groups = sorted(positions["variant"].unique())
     colors = _colors(groups)
     for g in groups:
         runs = positions[positions["variant"] == g]
-        sizes = sorted(runs["params_non_embedding"].dropna().unique())
-        for (_, run), c in runs.groupby(["arg", "run"], sort=True):
-            n = c["params_non_embedding"].iloc[0]
-            shade = 0.35 + 0.65 * (sizes.index(n) + 1) / len(sizes) if n in sizes else 1.0
-            ax.plot(c["position"] + 1, c["loss"], color=colors[g], alpha=shade, lw=1.2)
-        ax.plot([], [], color=colors[g], label=g)
+        largest = runs.sort_values("params_non_embedding", kind="stable").iloc[-1][["arg", "run"]]
+        c = runs[(runs["arg"] == largest["arg"]) & (runs["run"] == largest["run"])].sort_values("position")
+        x, y = _log_bins(c["position"].to_numpy() + 1, c["loss"].to_numpy(float))
+        n = c["params_non_embedding"].iloc[0]
+        ax.plot(x, y, color=colors[g], lw=1.4, marker=".", ms=3,
+                label=f"{g} ({c['run'].iloc[0]}" + (f", {n:,.0f} params)" if np.isfinite(n) else ")"))
     ax.set_xscale("log")
     ax.set_xlabel("position in the context (tokens seen, 1 = the first)")
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.legend(fontsize=8, title="darker: more parameters", title_fontsize=8)
+    ax.set_ylabel("validation loss (nats/token), log-spaced bins")
+    ax.legend(fontsize=7, title="each variant's largest run", title_fontsize=8)
     _save(fig, path)
+
+
+def _log_bins(x, y, bins: int = 24):
+    """Mean position and mean loss in log-spaced bins of position (1, 2, 3, ..., then wider)."""
+    edges = np.unique(np.round(np.logspace(0, np.log10(max(x.max(), 1)) + 1e-9, bins)).astype(int))
+    edges = np.append(edges, x.max() + 1)
+    xs, ys = [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (x >= lo) & (x < hi)
+        if m.any():
+            xs.append(x[m].mean())
+            ys.append(y[m].mean())
+    return np.asarray(xs), np.asarray(ys)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lmjax.config import COUNTED_STEP
 from lmjax.errors import LmjaxError
 from lmjax.workdir import Workdir, number
 
@@ -229,7 +230,8 @@ def load_run(exp: Path, arg: str, name: str, path: Path, config_hash: str = "") 
     info = info if isinstance(info, dict) else None
     config = wd.config() or _config_from_overrides((result or {}).get("overrides")) \
         or _config_from_overrides((failed or {}).get("overrides"))
-    steps = _get(config, "train.steps")
+    counted = _get(config, "model.family") == "ngram"  # counted in one "step", not trained
+    steps = COUNTED_STEP if counted else _get(config, "train.steps")
     batch, seq = _get(config, "train.batch_size"), _get(config, "train.seq_len")
     tokens_per_step = batch * seq if batch and seq else math.nan
     flops_tok = number((info or {}).get("flops_per_token"))
@@ -244,18 +246,20 @@ def load_run(exp: Path, arg: str, name: str, path: Path, config_hash: str = "") 
         final_step = float(max(int(r["step"]) for r in metrics))
     last_eval = evals[-1] if evals else (result or {})
     train_rows = [r for r in metrics if "tokens_per_s" in r]
-    tokens = final_step * tokens_per_step
+    tokens = number((info or {}).get("train_tokens")) if counted else final_step * tokens_per_step
     n_ne = number((info or {}).get("params_non_embedding"))
     row = {
         "arg": arg, "run": name, "variant": variant, "status": status,
         "attention": _get(config, "model.attention"),
         "num_kv_heads": (_get(config, "model.num_kv_heads") or _get(config, "model.num_heads")),
         "window": _get(config, "model.window"),
-        "num_layers": _get(config, "model.num_layers"), "width": _get(config, "model.width"),
+        # a counted n-gram has an order, not layers and a width
+        "num_layers": None if counted else _get(config, "model.num_layers"),
+        "width": None if counted else _get(config, "model.width"),
         "params": number((info or {}).get("params")), "params_non_embedding": n_ne,
         "steps": steps, "batch_size": batch, "seq_len": seq, "final_step": final_step,
         "tokens": tokens, "flops_per_token": flops_tok, "compute": flops_tok * tokens,
-        "compute_6nd": 6.0 * n_ne * tokens,
+        "compute_6nd": math.nan if counted else 6.0 * n_ne * tokens,
         "val_loss": number(last_eval.get("val_loss")),
         "val_bits_per_byte": number(last_eval.get("val_bits_per_byte")),
         "val_perplexity": number(last_eval.get("val_perplexity")),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
+from lmjax.config import TRANSFORMERS
 from lmjax.formatting import duration, sci, si
 from lmjax.sweeps.budget import estimate
 from lmjax.sweeps.spec import SweepRun
@@ -49,7 +50,10 @@ def run_row(run: SweepRun, status: str, rate: float) -> tuple[list, dict, float]
     m = run.config.model
     secs = STARTUP_S + e["flops"] / rate
     kv = f"/{m.num_kv_heads}kv" if m.num_kv_heads else ""
-    shape = f"{m.num_layers}x{m.width} " + (f"h{m.num_heads}{kv}" if m.family == "decoder" else m.family)
+    if m.family == "ngram":  # counted, not trained: its order is its shape
+        shape = f"order {m.order} ngram"
+    else:
+        shape = f"{m.num_layers}x{m.width} " + (f"h{m.num_heads}{kv}" if m.family in TRANSFORMERS else m.family)
     row = [run.name, status, shape, _count(e["params"]),
            _count(e["params_non_embedding"]), run.steps, _count(e["tokens"]), sci(e["flops"]),
            duration(secs)]

@@ -24,7 +24,7 @@ from lmjax.training.loop import check_tokenizer, check_workdir, position_losses,
 from lmjax.training.metrics import MetricsWriter
 from lmjax.workdir import Workdir
 
-STEP = 1  # the one "step" of a counted model: its checkpoint and its logged row
+STEP = config_lib.COUNTED_STEP  # the one "step" of a counted model: its checkpoint and its logged row
 
 
 def evaluate_ngram(model: NgramModel, tokens: np.ndarray, *, batch_size: int, seq_len: int,
