@@ -47,7 +47,7 @@ bench() {  # bench LABEL ARGS...: one harness run, its log in $LOGS
   local label=$1; shift
   echo "== $label: $*"
   local t0=$SECONDS
-  timeout "$RUN_LIMIT" $PY -m benchmarks.harness --nodata_iterator "$@" >"$LOGS/$label.log" 2>&1 \
+  timeout "$RUN_LIMIT" "$PY" -m benchmarks.harness --nodata_iterator "$@" >"$LOGS/$label.log" 2>&1 \
     || echo "   FAILED (exit $?): $(grep -v '^\[bench\]' "$LOGS/$label.log" | tail -n 3)"
   grep -E '^\[bench\] (first step|step |attention)' "$LOGS/$label.log" | sed 's/^/   /'
   echo "   ($((SECONDS - t0)) s)"

@@ -46,10 +46,10 @@ def _define_flags(command: str, fv: flags.FlagValues) -> None:
         flags.DEFINE_boolean("force", False, "Start over in a workdir that holds another config's run "
                              "(its checkpoints are renamed, not deleted).", flag_values=fv)
         flags.DEFINE_boolean("progress", True, "Show a progress bar.", flag_values=fv)
-        flags.DEFINE_boolean("distributed", False, "Multi-host: call jax.distributed.initialize() "
-                             "(coordinator and process ids from the cluster's environment: SLURM, "
-                             "TPU VMs, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / "
-                             "JAX_PROCESS_ID).", flag_values=fv)
+        flags.DEFINE_boolean("distributed", False, "Call jax.distributed.initialize() even where the "
+                             "environment names no job lmjax recognises (a SLURM step of several "
+                             "tasks, a multi-host TPU slice and JAX_COORDINATOR_ADDRESS / "
+                             "JAX_NUM_PROCESSES / JAX_PROCESS_ID join by themselves).", flag_values=fv)
         return
     if command == "finetune":
         config_flags.DEFINE_config_dict("config", config_lib.finetune_base_config(),
@@ -115,19 +115,22 @@ def parse(command: str, argv: list[str]) -> flags.FlagValues:
 
 
 def run_train(fv) -> int:
-    import jax
-
+    from lmjax.process.distributed import join_cluster
     from lmjax.training.loop import train
 
-    if fv.distributed:
-        jax.distributed.initialize()  # before any other JAX call: every host joins one mesh
+    join_cluster(force=fv.distributed)  # before any other JAX call: every process joins one mesh
     name = Path(fv["config"].config_filename or "default").stem
     workdir = fv.workdir or f"runs/{name}"
     final = train(fv.config, workdir, progress=fv.progress, force=fv.force)
+    import jax
+
+    if jax.process_index() != 0:  # one job, one report: process 0 prints it
+        return 0
     if final["preempted"]:
         print(f"preempted at step {final['step']}: checkpoint saved in {workdir}; "
               "run the same command to continue", file=sys.stderr)
-    elif fv.config.sample.prompt and fv.config.model.family in config_lib.CAUSAL:  # the encoder fills
+    elif (fv.config.sample.prompt and fv.config.model.family in config_lib.CAUSAL  # the encoder fills
+          and jax.process_count() == 1):  # lmjax.load is one process's: `lmjax sample` after the job
         import lmjax
 
         prompt = fv.config.sample.prompt
@@ -138,6 +141,9 @@ def run_train(fv) -> int:
 
 def _load(fv):
     import lmjax
+    from lmjax.process.distributed import join_cluster
+
+    join_cluster()  # a multi-process job evaluates and samples as one, too
 
     if not fv.workdir:
         raise ConfigError("--workdir is required: the folder of a run written by `lmjax train`")

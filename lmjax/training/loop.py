@@ -22,6 +22,7 @@ from lmjax.models import eval_overlap, flops_per_token, param_count
 from lmjax.models.attention import kernel_for
 from lmjax.process import hardware
 from lmjax.process.provenance import provenance
+from lmjax.process.distributed import job_info
 from lmjax.training import sharding
 from lmjax.training.metrics import MetricsWriter
 from lmjax.training.steps import Setup, make_setup
@@ -135,6 +136,18 @@ class Preemption:
         return self.requested
 
 
+def prepare_once(data_cfg) -> Dataset:
+    """`prepare`, with the token cache built by process 0 alone in a multi-process job (the others
+    wait at a barrier, then read it), not by every process at once into the same folder."""
+    if jax.process_count() == 1:
+        return prepare(data_cfg)
+    from jax.experimental import multihost_utils
+
+    data = prepare(data_cfg) if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("lmjax: token cache built")
+    return data or prepare(data_cfg)
+
+
 def check_tokenizer(ckpt: Checkpointer, step: int, data: Dataset, force: bool) -> None:
     _, saved = ckpt.restore_meta(step)
     if tokenizer_from_json(saved).fingerprint != data.tokenizer.fingerprint and not force:
@@ -161,7 +174,7 @@ def run_info(config, data: Dataset, setup: Setup) -> dict:
         "train_tokens": len(data.train),
         "val_tokens": len(data.val),
         "attention_impl": kernel_for(model, mesh.devices.flat[0]),
-        "processes": jax.process_count(),
+        **job_info(),
         **provenance(jax.devices()),
     }
 
@@ -184,7 +197,7 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
     workdir = Path(workdir)
     main = jax.process_index() == 0
 
-    data = prepare(config.data)
+    data = prepare_once(config.data)
     mesh = sharding.make_mesh(config.mesh, devices)
     sharding.check_batch(tc.batch_size, tc.grad_accum, mesh, jax.process_count())
     setup = make_setup(config, vocab_size=data.tokenizer.vocab_size, mesh=mesh)
@@ -209,6 +222,8 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
             f"lmjax: {info['params'] / 1e6:.2f}M params, {config.data.corpus} "
             f"({len(data.train):,} train tokens, {data.tokenizer.kind} vocab {data.tokenizer.vocab_size}), "
             f"mesh {info['mesh']} on {info['devices']}, "
+            + (f"{info['processes']} processes x {info['local_devices']} devices (coordinator "
+               f"{info['coordinator']}), " if info["processes"] > 1 else "")
             + (f"resuming at step {start}" if start else "starting at step 0")
         )
 
