@@ -94,3 +94,18 @@ def test_two_processes_train_as_one(tmp_path):
     # over 6 steps of losses ~5.5), far under the 1e-5 relative allowed.
     np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5)
     assert "2 processes x 4 devices" in two.stdout
+
+
+def test_a_workdir_each_process_sees_differently_is_refused(tmp_path):
+    """Each process given its own folder (as each host's own /tmp would be): one line, exit 2."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    cmd = (f"exec {sys.executable} -m lmjax train {' '.join(TINY)} --workdir {tmp_path}/w$JAX_PROCESS_ID")
+    r = subprocess.run(["bash", "launch/local.sh", "-n", "2", "-d", "4", "-p", str(20001 + os.getpid() % 20000),
+                        "-l", str(tmp_path / "logs"), "--", "bash", "-c", cmd],
+                       capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert r.returncode == 2, r.stderr
+    for k in (0, 1):
+        errors = [line for line in (tmp_path / "logs" / f"process-{k}.log").read_text().splitlines()
+                  if line.startswith("error:")]
+        assert len(errors) == 1 and "is not the same storage for every process (process(es) 1 cannot see" in errors[0]
+    assert not (tmp_path / "w0" / "checkpoints").exists()

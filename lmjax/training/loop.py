@@ -148,6 +148,31 @@ def prepare_once(data_cfg) -> Dataset:
     return data or prepare(data_cfg)
 
 
+def check_shared_workdir(wd: Workdir) -> None:
+    """In a job of several processes, every process must see the same workdir (orbax writes one
+    checkpoint there together): process 0 leaves a file named by a token it broadcasts, and a
+    process that cannot see it (each host's own /tmp, say) stops with one line."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    token = int(multihost_utils.broadcast_one_to_all(np.int32(np.random.default_rng().integers(2**31 - 1))))
+    probe = wd.file(f".lmjax-job-{token}")
+    if jax.process_index() == 0:
+        probe.touch()
+    multihost_utils.sync_global_devices("lmjax: workdir probe written")
+    seen = probe.exists()
+    everyone = multihost_utils.process_allgather(np.int32(seen))
+    multihost_utils.sync_global_devices("lmjax: workdir probe read")
+    if jax.process_index() == 0:
+        probe.unlink(missing_ok=True)
+    if not np.all(everyone):
+        lost = [i for i, ok in enumerate(np.ravel(everyone)) if not ok]
+        raise ConfigError(f"--workdir {wd.path} is not the same storage for every process (process(es) "
+                          f"{', '.join(map(str, lost))} cannot see process 0's files there); put it on a "
+                          "filesystem every host mounts, or a gs:// path")
+
+
 def check_tokenizer(ckpt: Checkpointer, step: int, data: Dataset, force: bool) -> None:
     _, saved = ckpt.restore_meta(step)
     if tokenizer_from_json(saved).fingerprint != data.tokenizer.fingerprint and not force:
@@ -204,6 +229,7 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
 
     cfg_dict = config.to_dict()
     wd = Workdir(workdir).create()
+    check_shared_workdir(wd)
     check_workdir(wd, cfg_dict, force)
     ckpt = Checkpointer(workdir, keep=tc.keep_checkpoints)
     start = ckpt.latest_step()
