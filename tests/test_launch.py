@@ -6,11 +6,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
+import lmjax
 from lmjax.errors import ConfigError
 from lmjax.process.distributed import cluster_kwargs
 
@@ -109,3 +112,59 @@ def test_a_workdir_each_process_sees_differently_is_refused(tmp_path):
                   if line.startswith("error:")]
         assert len(errors) == 1 and "is not the same storage for every process (process(es) 1 cannot see" in errors[0]
     assert not (tmp_path / "w0" / "checkpoints").exists()
+
+
+def children_with(env_var: str, value: str, root_pid: int) -> list[int]:
+    """Descendants of root_pid whose environment has env_var=value (Linux /proc)."""
+    out, todo = [], [root_pid]
+    while todo:
+        pid = todo.pop()
+        try:
+            kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        for kid in map(int, kids):
+            todo.append(kid)
+            try:
+                environ = Path(f"/proc/{kid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"{env_var}={value}".encode() in environ:
+                out.append(kid)
+    return out
+
+
+def test_sigkill_of_one_process_stops_the_job_and_the_same_command_resumes_exactly(tmp_path):
+    """Process 1 killed after the step-10 checkpoint: the job exits non-zero within 60 s (the
+    survivor notices through the heartbeat); the same command resumes, and the parameters end
+    bitwise equal to an uninterrupted two-process run's, restored in one process on one device."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    args = [a for a in TINY if not a.startswith(("--config.train.steps", "--config.train.checkpoint_every"))]
+    args += ["--config.train.steps=40", "--config.train.checkpoint_every=5"]
+
+    def launch(workdir, port):
+        return ["bash", "launch/local.sh", "-n", "2", "-d", "4", "-p", str(port), "--", sys.executable, "-m",
+                "lmjax", "train", *args, "--workdir", str(workdir)]
+
+    port = 21000 + os.getpid() % 20000
+    whole = subprocess.run(launch(tmp_path / "whole", port), capture_output=True, text=True, cwd=REPO, env=env,
+                           timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    job = subprocess.Popen(launch(tmp_path / "cut", port + 1), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True, cwd=REPO, env=env)
+    deadline = time.time() + 300
+    while not (tmp_path / "cut" / "checkpoints" / "10").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    victims = children_with("JAX_PROCESS_ID", "1", job.pid)
+    assert victims, "process 1 not found"
+    killed_at = time.time()
+    os.kill(victims[-1], 9)
+    job.wait(timeout=120)
+    assert job.returncode != 0 and time.time() - killed_at < 60
+    again = subprocess.run(launch(tmp_path / "cut", port + 2), capture_output=True, text=True, cwd=REPO,
+                           env=env, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "resuming at step" in again.stdout
+    a, b = lmjax.load(tmp_path / "whole"), lmjax.load(tmp_path / "cut")  # each onto one device
+    assert a.step == b.step == 40
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)))
