@@ -51,6 +51,66 @@ def test_local_dry_run_prints_one_command_per_process():
     assert bad.returncode == 2 and "positive integers" in bad.stderr
 
 
+def dry_run(*args) -> str:
+    r = subprocess.run(["bash", *args], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_slurm_dry_run_is_one_task_per_gpu_with_requeue():
+    out = dry_run("launch/slurm/submit.sh", "--dry-run", "--nodes", "2", "--gpus-per-node", "4", "--partition", "gpu",
+                  "--", "lmjax", "train", "--workdir", "/shared/runs/x")
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
+                 "#SBATCH --requeue", "#SBATCH --partition=gpu",
+                 "srun --kill-on-bad-exit=1 --gpus-per-task=1 lmjax train --workdir /shared/runs/x"):
+        assert line in out.splitlines(), line
+
+
+def test_k8s_manifest_has_what_kubernetes_needs():
+    import yaml
+
+    out = dry_run("launch/k8s/render.sh", "--dry-run", "--name", "gpt2", "--processes", "4", "--gpus-per-process", "8",
+                  "--", "lmjax", "train", "--workdir", '/runs/x "quoted"')
+    service, job = yaml.safe_load_all(out)
+    assert (service["apiVersion"], service["kind"], job["apiVersion"], job["kind"]) == ("v1", "Service", "batch/v1", "Job")
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["selector"] == {"job-name": "gpt2"}
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] == 4
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == service["metadata"]["name"] == "gpt2"
+    assert spec["template"]["metadata"]["labels"] == {"job-name": "gpt2"} and pod["restartPolicy"] == "Never"
+    (container,) = pod["containers"]
+    assert container["command"] == ["lmjax", "train", "--workdir", '/runs/x "quoted"']
+    env = {e["name"]: e for e in container["env"]}
+    assert env["JAX_COORDINATOR_ADDRESS"]["value"] == "gpt2-0.gpt2:12355" and env["JAX_NUM_PROCESSES"]["value"] == "4"
+    assert "job-completion-index" in env["JAX_PROCESS_ID"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "lmjax-runs"
+
+
+def test_tpu_dry_run_creates_copies_runs_collects_and_deletes():
+    out = dry_run("launch/tpu/run.sh", "--dry-run", "--name", "t1", "--zone", "z", "--type", "v4-16", "--",
+                  "lmjax", "train", "--workdir", "gs://b/runs/x").splitlines()
+    steps = [" ".join(line.split()[:5]) for line in out]
+    assert steps == ["gcloud compute tpus tpu-vm create", "git -C " + str(REPO) + " archive --format=tar.gz",
+                     "gcloud compute tpus tpu-vm scp", "gcloud compute tpus tpu-vm ssh", "gcloud compute tpus tpu-vm ssh",
+                     "gcloud compute tpus tpu-vm scp", "gcloud compute tpus tpu-vm delete"]
+    assert "--worker=all" in out[3] and r"lmjax\ train\ --workdir\ gs://b/runs/x" in out[4]
+    queued = dry_run("launch/tpu/run.sh", "--dry-run", "--queued", "--name", "t1", "--zone", "z", "--type", "v4-16",
+                     "--", "lmjax", "train")
+    assert "queued-resources create t1" in queued and "queued-resources delete t1" in queued
+    assert not (REPO / "logs").exists()
+
+
+def test_dockerfile_builds_cpu_and_cuda_from_files_that_exist():
+    text = (REPO / "launch" / "Dockerfile").read_text()
+    assert "AS cpu" in text and "AS cuda" in text and "'.[cuda]'" in text
+    for line in text.splitlines():
+        if line.startswith("COPY "):
+            for src in line.split()[1:-1]:
+                assert (REPO / src).exists(), src
+
+
 def test_which_environments_name_a_job():
     explicit = {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
     assert cluster_kwargs(explicit) == {"coordinator_address": "h:1", "num_processes": 2, "process_id": 1}
