@@ -1,7 +1,8 @@
 """`lmjax.load(workdir)`: a trained run in a notebook, on any machine.
 
-The checkpoint is restored onto this machine's first device whatever mesh wrote it: the
-restore target carries a single-device sharding (orbax reshards on read).
+The checkpoint is restored onto this process's first device whatever mesh wrote it: the
+restore target carries a single-device sharding (orbax reshards on read). In a job of several
+processes every process restores its own copy (orbax's restore is collective).
 """
 
 from __future__ import annotations
@@ -185,7 +186,8 @@ def _or(value, default):
 
 
 def _one_device_mesh():
-    return sharding.make_mesh(config_lib.MeshConfig(data=1), devices=jax.devices()[:1])
+    # This process's own first device: in a job of several processes each one restores its own copy.
+    return sharding.make_mesh(config_lib.MeshConfig(data=1), devices=jax.local_devices()[:1])
 
 
 def _runnable_here(config: config_lib.Config) -> config_lib.Config:
@@ -225,7 +227,7 @@ def load(workdir: str | Path, step: int | None = None) -> Run:
             raise CheckpointError(f"{workdir} is a fine-tuned run without its {LABELS}; fine-tune it again")
         model = classifier_for(model_cfg, finetune, len(labels))
         abstract = jax.eval_shape(lambda: init_classifier(model, 0, config.train.seq_len))
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
         params = ckpt.restore_state(step, {"params": abstract})["params"]
         ckpt.close()

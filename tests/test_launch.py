@@ -157,6 +157,20 @@ def test_two_processes_train_as_one(tmp_path):
     # over 6 steps of losses ~5.5), far under the 1e-5 relative allowed.
     np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5)
     assert "2 processes x 4 devices" in two.stdout
+    assert sum(line.startswith("{") for line in two.stdout.splitlines()) == 1  # one final line
+    # eval and sample under two processes: each restores its own copy, process 0 prints once.
+    for i, args in enumerate((["eval", "--workdir", str(tmp_path / "two")],
+                              ["sample", "--workdir", str(tmp_path / "two"), "--prompt", "ROMEO:",
+                               "--max_new_tokens", "8"])):
+        r = subprocess.run(["bash", "launch/local.sh", "-n", "2", "-d", "4", "-p", str(20100 + i + os.getpid() % 20000),
+                            "-l", str(tmp_path / f"logs-{args[0]}"), "--", sys.executable, "-m", "lmjax", *args],
+                           capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr
+        if args[0] == "eval":
+            (line,) = [line for line in r.stdout.splitlines() if line.startswith("{")]
+            assert json.loads(line)["step"] == 6
+        else:
+            assert r.stdout.count("--- prompt: 'ROMEO:'") == 1
 
 
 def test_a_workdir_each_process_sees_differently_is_refused(tmp_path):
@@ -194,10 +208,12 @@ def children_with(env_var: str, value: str, root_pid: int) -> list[int]:
     return out
 
 
-def test_sigkill_of_one_process_stops_the_job_and_the_same_command_resumes_exactly(tmp_path):
+@pytest.mark.slow
+def test_sigkill_and_sigterm_of_a_two_process_job_resume_exactly(tmp_path):
     """Process 1 killed after the step-10 checkpoint: the job exits non-zero within 60 s (the
     survivor notices through the heartbeat); the same command resumes, and the parameters end
-    bitwise equal to an uninterrupted two-process run's, restored in one process on one device."""
+    bitwise equal to an uninterrupted two-process run's, restored in one process on one device.
+    Then SIGTERM to both (preemption): a common step saved, exit 0, and the next launch resumes."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     args = [a for a in TINY if not a.startswith(("--config.train.steps", "--config.train.checkpoint_every"))]
     args += ["--config.train.steps=40", "--config.train.checkpoint_every=5"]
@@ -228,3 +244,24 @@ def test_sigkill_of_one_process_stops_the_job_and_the_same_command_resumes_exact
     a, b = lmjax.load(tmp_path / "whole"), lmjax.load(tmp_path / "cut")  # each onto one device
     assert a.step == b.step == 40
     assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)))
+
+    # Preemption: SIGTERM to both processes. They agree on a step, save it together, exit 0, and
+    # the next launch continues from it to the same parameters.
+    job = subprocess.Popen(launch(tmp_path / "term", port + 3), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, cwd=REPO, env=env)
+    while not (tmp_path / "term" / "checkpoints" / "10").exists() and time.time() < deadline + 300:
+        time.sleep(0.2)
+    for k in ("0", "1"):
+        for pid in children_with("JAX_PROCESS_ID", k, job.pid)[-1:]:
+            os.kill(pid, 15)
+    out, err = job.communicate(timeout=300)
+    assert job.returncode == 0, err
+    final = json.loads(out.splitlines()[-1])  # process 0's one line
+    assert final["preempted"] and 10 <= final["step"] < 40
+    saved = sorted(int(p.name) for p in (tmp_path / "term" / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved[-1] == final["step"]
+    again = subprocess.run(launch(tmp_path / "term", port + 4), capture_output=True, text=True, cwd=REPO,
+                           env=env, timeout=600)
+    assert again.returncode == 0 and f"resuming at step {final['step']}" in again.stdout, again.stderr
+    c = lmjax.load(tmp_path / "term")
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params)))

@@ -124,7 +124,7 @@ def run_train(fv) -> int:
     final = train(fv.config, workdir, progress=fv.progress, force=fv.force)
     import jax
 
-    if jax.process_index() != 0:  # one job, one report: process 0 prints it
+    if not _reporter():  # one job, one report
         return 0
     if final["preempted"]:
         print(f"preempted at step {final['step']}: checkpoint saved in {workdir}; "
@@ -150,8 +150,17 @@ def _load(fv):
     return lmjax.load(fv.workdir, step=fv.step)
 
 
+def _reporter() -> bool:
+    """Process 0 of a job prints the result (every process restored its own copy of the run)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 def run_eval(fv) -> int:
     run = _load(fv)
+    if not _reporter():
+        return 0
     result = run.evaluate(batches=fv.batches)
     if run.finetune is not None:  # a classifier: the confusion matrix as a table and a PNG
         from lmjax.training.finetune import CONFUSION_PNG, confusion_table, plot_confusion
@@ -182,9 +191,11 @@ def run_finetune(fv) -> int:
 
 
 def run_sample(fv) -> int:
-    run = _load(fv)
     if not fv.prompt:
         raise ConfigError('--prompt is required, e.g. --prompt "def main("; repeat it for several')
+    run = _load(fv)
+    if not _reporter():
+        return 0
     outputs = run.generate(
         list(fv.prompt), max_new_tokens=fv.max_new_tokens, temperature=fv.temperature,
         top_k=fv.top_k, top_p=fv.top_p, seed=fv.seed,

@@ -120,7 +120,10 @@ class Preemption:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            # In a job of several processes SIGTERM stays with JAX's preemption notifier (installed
+            # by jax.distributed.initialize), which the sync point below reads.
+            signals = (signal.SIGINT,) if jax.process_count() > 1 else (signal.SIGTERM, signal.SIGINT)
+            for sig in signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
