@@ -393,3 +393,37 @@ def test_slurm_job_array_script(tiny, tmp_path, monkeypatch, capsys):
     assert cli.main([f"--config={tiny}:slurm", "--slurm", "--noslurm_array"]) == 0  # one job per run
     assert capsys.readouterr().out.count("job 4242") == 2
     assert "--array" not in (bin_dir / "job.sh").read_text()
+
+
+def test_slurm_runs_spanning_several_nodes(tiny, tmp_path, monkeypatch, capsys):
+    """--slurm_nodes 2 with 4 GPUs per node: one task per GPU in the script; every task's
+    `lmjax train` finds a SLURM step of 8 tasks (JAX joins them); tasks other than 0 train
+    without taking the run's lock or writing its result."""
+    from lmjax.process.distributed import cluster_kwargs
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/sh\ncp "$1" "$(dirname "$0")/job.sh"\necho "Submitted batch job 77"\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert cli.main([f"--config={tiny}:slurm", "--slurm", "--slurm_nodes=2", "--slurm_gpus_per_run=4"]) == 0
+    script = (bin_dir / "job.sh").read_text()
+    for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4"):
+        assert f"#SBATCH {line}" in script
+    assert "srun" in script
+    capsys.readouterr()
+
+    run = expand(tiny, "slurm")[0]
+    task = {"SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "8", "SLURM_PROCID": "5",
+            "SLURM_LOCALID": "1", "SLURM_STEP_NODELIST": "gpu[1-2]"}
+    env = slots.child_env(run, None, base={**os.environ, **task})
+    assert cluster_kwargs(env) == {}  # JAX's SLURM detection takes it from here
+    assert cluster_kwargs(slots.child_env(run, None, base={**task, "SLURM_NTASKS": "1"})) is None
+    for k, v in task.items():  # a worker task of the run, here without a real SLURM step
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # so this one `lmjax train` runs alone
+    assert slurm.TrainJob(str(tiny), "slurm")(run) == "worker done"
+    wd = Workdir(run.workdir)
+    assert wd.result() is None and not wd.file("sweep.lock").exists()

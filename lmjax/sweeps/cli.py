@@ -44,7 +44,11 @@ def _define(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("slurm_partition", None, "SLURM partition.", **d)
     flags.DEFINE_string("slurm_time", "4:00:00", "Time limit per job (minutes, H:MM:SS or D-HH:MM:SS); "
                         "jobs checkpoint and requeue before it.", **d)
-    flags.DEFINE_integer("slurm_gpus_per_run", 0, "GPUs per job.", **d)
+    flags.DEFINE_integer("slurm_gpus_per_run", 0, "GPUs per node of each job (with --slurm_nodes > 1, "
+                         "per node).", **d)
+    flags.DEFINE_integer("slurm_nodes", 1, "Nodes per run: a run spans them as one JAX job.", **d)
+    flags.DEFINE_integer("slurm_tasks_per_node", 0, "JAX processes per node (0: one per GPU with "
+                         "--slurm_nodes > 1, else 1).", **d)
     flags.DEFINE_integer("slurm_cpus_per_run", 0, "CPUs per job (0: the cluster's default).", **d)
     flags.DEFINE_boolean("slurm_array", True, "One job array for the sweep (--noslurm_array: one job per run).", **d)
     flags.DEFINE_integer("slurm_parallelism", 0, "At most this many array tasks at once (0: no limit).", **d)
@@ -137,6 +141,7 @@ def _submit(fv, runs, config_path, arg) -> int:
         runs, config_path=config_path, arg=arg, executor=executor, array=fv.slurm_array,
         folder=fv.slurm_folder, timeout_min=slurm.parse_time(fv.slurm_time),
         gpus_per_run=fv.slurm_gpus_per_run, cpus_per_run=fv.slurm_cpus_per_run or None,
+        nodes=fv.slurm_nodes, tasks_per_node=fv.slurm_tasks_per_node or None,
         partition=fv.slurm_partition, array_parallelism=fv.slurm_parallelism or None,
         slurm_kwargs=extra, retry_failed=fv.retry_failed,
     )

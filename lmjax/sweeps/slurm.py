@@ -7,6 +7,11 @@ run's sweep.lock while they train, so a local sweep never trains a run a job is 
 
 On SLURM's pre-timeout signal or a preemption, submitit calls `TrainJob.checkpoint`: it sends the
 run SIGTERM (lmjax checkpoints and exits 0) and requeues the job, which resumes the run.
+
+A run may span several nodes (`nodes`, `tasks_per_node`: one task per GPU by default): submitit
+starts the job's function in every task; each task starts `lmjax train`, which finds itself in a
+SLURM step of several tasks and joins them into one JAX job (`lmjax.process.distributed`). Task 0
+holds the run's lock and records its result; the other tasks only train.
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ class TrainJob(submitit.helpers.Checkpointable):
         self.__init__(state["config_path"], state["arg"])
 
     def __call__(self, run: SweepRun) -> str:
+        rank = int(os.environ.get("SLURM_PROCID") or 0)
+        if rank > 0:  # another task of a multi-node run: train alongside task 0, record nothing
+            return self._train_worker(run)
         if run.status() == "done":
             return "done"
         lock_fd = Workdir(run.workdir).try_lock()
@@ -72,6 +80,14 @@ class TrainJob(submitit.helpers.Checkpointable):
             time.sleep(0.5)
         return finish_run(run, self._proc.returncode, interrupted=self._interrupted,
                           elapsed=time.time() - started)
+
+    def _train_worker(self, run: SweepRun) -> str:
+        cmd = train_command(run, self.config_path, self.arg)
+        slot = Slot(index=0, cpus=None, threads=len(available_cpus()))
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=child_env(run, slot))
+        while self._proc.poll() is None:
+            time.sleep(0.5)
+        return "worker done" if self._proc.returncode == 0 else f"worker exit {self._proc.returncode}"
 
     def checkpoint(self, run: SweepRun) -> submitit.helpers.DelayedSubmission:
         """Pre-timeout / preemption: let the run checkpoint, then requeue the same job."""
@@ -109,6 +125,7 @@ def parse_time(text: str | int) -> int:
 def submit(runs: list[SweepRun], *, config_path, arg: str | None, executor: str = "slurm",
            array: bool = True, folder: str | Path | None = None, timeout_min: int = 240,
            gpus_per_run: int = 0, cpus_per_run: int | None = None, partition: str | None = None,
+           nodes: int = 1, tasks_per_node: int | None = None,
            array_parallelism: int | None = None, slurm_kwargs: dict[str, Any] | None = None,
            retry_failed: bool = True) -> tuple[list, list[SweepRun]]:
     """Submit the runs that are not done (and not running elsewhere) as one job array, or one
@@ -126,7 +143,10 @@ def submit(runs: list[SweepRun], *, config_path, arg: str | None, executor: str 
     except RuntimeError as e:  # e.g. no srun/sbatch here
         raise SweepError(f"cannot submit to {executor}: {str(e).splitlines()[0]} "
                          "(--slurm_local runs the jobs on this machine through submitit)") from e
-    params: dict[str, Any] = {"timeout_min": int(timeout_min), "nodes": 1, "tasks_per_node": 1,
+    if nodes < 1 or (tasks_per_node is not None and tasks_per_node < 1):
+        raise SweepError(f"--slurm_nodes and --slurm_tasks_per_node must be positive, got {nodes}, {tasks_per_node}")
+    tasks = tasks_per_node or (gpus_per_run if nodes > 1 and gpus_per_run else 1)
+    params: dict[str, Any] = {"timeout_min": int(timeout_min), "nodes": int(nodes), "tasks_per_node": int(tasks),
                               "name": f"lmjax-{Path(config_path).resolve().parent.name}-{arg or 'default'}"}
     if gpus_per_run:
         params["gpus_per_node"] = int(gpus_per_run)
