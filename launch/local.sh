@@ -31,23 +31,16 @@ while [[ $# -gt 0 ]]; do
 done
 [[ $# -gt 0 ]] || { echo "launch/local.sh: no command; e.g. -- lmjax train --workdir runs/x" >&2; exit 2; }
 [[ $n =~ ^[1-9][0-9]*$ && $devices =~ ^[1-9][0-9]*$ ]] || { echo "launch/local.sh: -n and -d take positive integers" >&2; exit 2; }
-if [[ -z $logdir ]]; then
-  logdir=logs
-  args=("$@")
-  for ((i = 0; i < ${#args[@]}; i++)); do
-    case ${args[i]} in
-      --workdir=*) logdir="${args[i]#--workdir=}/logs" ;;
-      --workdir) logdir="${args[i + 1]:-.}/logs" ;;
-    esac
-  done
-fi
+# shellcheck source=launch/lib.sh
+source "$(dirname "$0")/lib.sh"
+[[ -n $logdir ]] || logdir=$(logs_of "$@")
 
 xla_flags="${XLA_FLAGS:-} --xla_force_host_platform_device_count=$devices"
 env_of() { printf 'JAX_COORDINATOR_ADDRESS=localhost:%s JAX_NUM_PROCESSES=%s JAX_PROCESS_ID=%s XLA_FLAGS=%q' \
   "$port" "$n" "$1" "${xla_flags# }"; }
 if ((dry_run)); then
   for ((k = 0; k < n; k++)); do
-    printf '%s %s 2> %q\n' "$(env_of "$k")" "$(printf '%q ' "$@" | sed 's/ $//')" "$logdir/process-$k.log"
+    printf '%s %s 2> %q\n' "$(env_of "$k")" "$(quoted "$@")" "$logdir/process-$k.log"
   done
   exit 0
 fi
@@ -70,7 +63,8 @@ while ((${#running[@]})); do
   running=("${left[@]}")
   ((code == 0)) && continue
   status=$code
-  echo "launch/local.sh: process $done_pid exited with status $code (logs in $logdir); the others get ${GRACE_S} s" >&2
+  for k in "${!pids[@]}"; do [[ ${pids[k]} == "$done_pid" ]] && lost=$k; done
+  echo "launch/local.sh: process ${lost:-?} (pid $done_pid) exited with status $code, see $logdir/process-${lost:-?}.log; the others get ${GRACE_S} s" >&2
   deadline=$((SECONDS + GRACE_S))
   while ((SECONDS < deadline)) && any_alive "${running[@]}"; do sleep 1; done
   any_alive "${running[@]}" && kill "${running[@]}" 2>/dev/null

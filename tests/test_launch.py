@@ -30,7 +30,8 @@ def shellcheck() -> str:
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(REPO)))
 def test_scripts_pass_shellcheck(script):
-    r = subprocess.run([shellcheck(), "--severity=style", str(script)], capture_output=True, text=True)
+    r = subprocess.run([shellcheck(), "--severity=style", "--external-sources", str(script.relative_to(REPO))],
+                       capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stdout
 
 
@@ -62,7 +63,9 @@ def test_slurm_dry_run_is_one_task_per_gpu_with_requeue():
                   "--", "lmjax", "train", "--workdir", "/shared/runs/x")
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
                  "#SBATCH --requeue", "#SBATCH --partition=gpu",
-                 "srun --kill-on-bad-exit=1 --gpus-per-task=1 lmjax train --workdir /shared/runs/x"):
+                 "mkdir -p /shared/runs/x/logs",
+                 "srun --kill-on-bad-exit=1 --gpus-per-task=1 --error=/shared/runs/x/logs/process-%t.log "
+                 "lmjax train --workdir /shared/runs/x"):
         assert line in out.splitlines(), line
 
 
@@ -240,6 +243,7 @@ def test_sigkill_and_sigterm_of_a_two_process_job_resume_exactly(tmp_path):
     os.kill(victims[-1], 9)
     job.wait(timeout=120)
     assert job.returncode != 0 and time.time() - killed_at < 60
+    assert "launch/local.sh: process 1 (pid" in job.stderr.read()  # the lost process, named
     again = subprocess.run(launch(tmp_path / "cut", port + 2), capture_output=True, text=True, cwd=REPO,
                            env=env, timeout=600)
     assert again.returncode == 0, again.stderr

@@ -28,6 +28,10 @@ done
 [[ $# -gt 0 ]] || { echo "launch/slurm/submit.sh: no command; e.g. -- lmjax train --workdir /shared/runs/x" >&2; exit 2; }
 [[ $nodes =~ ^[1-9][0-9]*$ && $gpus =~ ^[1-9][0-9]*$ ]] || { echo "launch/slurm/submit.sh: --nodes and --gpus-per-node take positive integers" >&2; exit 2; }
 
+# shellcheck source=launch/lib.sh
+source "$(dirname "$0")/../lib.sh"
+logs=$(logs_of "$@")
+
 script=$(cat <<SBATCH
 #!/usr/bin/env bash
 #SBATCH --job-name=$name
@@ -39,8 +43,10 @@ script=$(cat <<SBATCH
 #SBATCH --open-mode=append
 #SBATCH --output=%x-%j.log
 ${partition:+#SBATCH --partition=$partition}
-# One task per GPU; each task sees its own GPU. --kill-on-bad-exit stops every task when one fails.
-srun --kill-on-bad-exit=1 --gpus-per-task=1 $(printf '%q ' "$@" | sed 's/ $//')
+# One task per GPU; each task sees its own GPU and writes its stderr to $logs/process-<task>.log.
+# --kill-on-bad-exit stops every task when one fails.
+mkdir -p $(printf '%q' "$logs")
+srun --kill-on-bad-exit=1 --gpus-per-task=1 --error=$(printf '%q' "$logs/process-%t.log") $(quoted "$@")
 SBATCH
 )
 if ((dry_run)); then
