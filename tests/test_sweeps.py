@@ -370,8 +370,10 @@ def test_slurm_submission_with_submitit_local_executor(tiny):
     assert slurm.submit(runs, config_path=tiny, arg="slurm", executor="local") == ([], [])
 
 
-def test_slurm_job_array_script(tiny, tmp_path, monkeypatch, capsys):
-    """The sbatch script submitit writes for the sweep (sbatch and srun faked: nothing runs)."""
+@pytest.fixture
+def fake_sbatch(tmp_path, monkeypatch):
+    """sbatch and srun on PATH that run nothing: sbatch keeps the script as <bin>/job.sh and
+    answers job 4242. Returns the folder."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text('#!/bin/sh\ncp "$1" "$(dirname "$0")/job.sh"\necho "Submitted batch job 4242"\n')
@@ -379,6 +381,12 @@ def test_slurm_job_array_script(tiny, tmp_path, monkeypatch, capsys):
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return bin_dir
+
+
+def test_slurm_job_array_script(tiny, fake_sbatch, capsys):
+    """The sbatch script submitit writes for the sweep (sbatch and srun faked: nothing runs)."""
+    bin_dir = fake_sbatch
     argv = [f"--config={tiny}:slurm", "--slurm", "--slurm_partition=gpu", "--slurm_gpus_per_run=1",
             "--slurm_time=1:30:00", "--slurm_parallelism=1", "--slurm_param=slurm_account=abc"]
     assert cli.main(argv) == 0
@@ -395,19 +403,13 @@ def test_slurm_job_array_script(tiny, tmp_path, monkeypatch, capsys):
     assert "--array" not in (bin_dir / "job.sh").read_text()
 
 
-def test_slurm_runs_spanning_several_nodes(tiny, tmp_path, monkeypatch, capsys):
+def test_slurm_runs_spanning_several_nodes(tiny, fake_sbatch, monkeypatch, capsys):
     """--slurm_nodes 2 with 4 GPUs per node: one task per GPU in the script; every task's
     `lmjax train` finds a SLURM step of 8 tasks (JAX joins them); tasks other than 0 train
     without taking the run's lock or writing its result."""
     from lmjax.process.distributed import cluster_kwargs
 
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text('#!/bin/sh\ncp "$1" "$(dirname "$0")/job.sh"\necho "Submitted batch job 77"\n')
-    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
-    for f in bin_dir.iterdir():
-        f.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    bin_dir = fake_sbatch
     assert cli.main([f"--config={tiny}:slurm", "--slurm", "--slurm_nodes=2", "--slurm_gpus_per_run=4"]) == 0
     script = (bin_dir / "job.sh").read_text()
     for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4"):
