@@ -289,6 +289,25 @@ kept from 10:55 on.
 |---|---|---|---|---|---|---|
 """, _vs_nanogpt_row)
 
+def _nanogpt_trainpy_row(rec: dict) -> str:
+    def cells(key):
+        return " / ".join(f"{r[key]:,.1f}" for r in rec["rounds"])
+    return (f"| {_row_date(rec)} | {_host(rec)} | {rec['shape']} | {cells('train_py_ms')} "
+            f"| {cells('train_py_logged_ms')} | {cells('rewrite_ms')} | **{rec['agreement']:.2f}** |")
+
+
+NANOGPT_TRAINPY = Table("## nanoGPT's own train.py against the rewrite", """Rounds of `python -m benchmarks.nanogpt_trainpy --nanogpt CHECKOUT` (see benchmarks/README.md): in
+each round nanoGPT's unmodified `train.py` (`--device=cpu --compile=False`, dropout 0, PyTorch
+CPU, 2 threads) runs twice, for two iteration counts, and the difference of the wall times over
+the difference of the counts is its ms per iteration (start-up, data and the evaluation at
+iteration 0 cancel); "logged" is the median of the per-iteration times train.py prints; then the
+rewrite the comparison rounds use (`benchmarks/nanogpt_reference.py`) runs once. **agreement** =
+rewrite ms / train.py ms (1: the rewrite times what nanoGPT runs).
+
+| date | host | shape | train.py ms per round (differenced) | train.py ms (logged) | rewrite ms | agreement |
+|---|---|---|---|---|---|---|
+""", _nanogpt_trainpy_row)
+
 HARNESS = Table(None, RESULTS_HEADER, results_row)
 
 

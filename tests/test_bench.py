@@ -282,3 +282,39 @@ def test_benchmark_flags(tmp_path):
         with pytest.raises(ConfigError):
             main(argv + out)
     assert not list(tmp_path.iterdir())
+
+
+def test_nanogpt_trainpy_differences_two_runs_and_writes_a_row(tmp_path):
+    """nanoGPT's train.py, run from a copy of a checkout, timed by differencing two iteration
+    counts: here a stand-in interpreter plays train.py (sleeping 1 ms per iteration, logging
+    10 ms), prepare.py and the rewrite (11 ms). No timing is asserted beyond that arithmetic."""
+    from benchmarks import nanogpt_trainpy
+
+    checkout = tmp_path / "nanoGPT"
+    for name in ("train.py", "model.py", "configurator.py", "config/train_shakespeare_char.py",
+                 "data/shakespeare_char/prepare.py"):
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / name).write_text("")
+    fake = tmp_path / "python"
+    fake.write_text("""#!/bin/sh
+case "$1" in
+  train.py)
+    n=$(echo "$@" | sed -n 's/.*--max_iters=\\([0-9]*\\).*/\\1/p')
+    i=0; while [ "$i" -le "$n" ]; do echo "iter $i: loss 1.0000, time 10.00ms, mfu 1.00%"; i=$((i + 1)); done
+    sleep "$(awk "BEGIN {print $n / 1000}")" ;;
+  data/shakespeare_char/prepare.py) test -f data/shakespeare_char/input.txt ;;
+  *) echo '{"step_ms_median": 11.0}' ;;
+esac
+""")
+    fake.chmod(0o755)
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Benchmark results\n")
+    rec = nanogpt_trainpy.main(["--nanogpt", str(checkout), "--torch_python", str(fake), "--iters", "50,450",
+                                "--rounds", "1", "--results_md", str(md), "--out", str(tmp_path / "out")])
+    (r,) = rec["rounds"]
+    assert r["train_py_logged_ms"] == 10.0 and r["rewrite_ms"] == 11.0
+    assert r["train_py_ms"] == pytest.approx((r["wall_s"][1] - r["wall_s"][0]) / 400 * 1e3)
+    assert rec["agreement"] == pytest.approx(11.0 / r["train_py_ms"])
+    text = md.read_text()
+    assert records.NANOGPT_TRAINPY.title in text and f"**{rec['agreement']:.2f}**" in text
+    assert not (checkout / "data" / "shakespeare_char" / "input.txt").exists()  # the checkout is untouched
