@@ -272,3 +272,11 @@ def test_sigkill_and_sigterm_of_a_two_process_job_resume_exactly(tmp_path):
     assert again.returncode == 0 and f"resuming at step {final['step']}" in again.stdout, again.stderr
     c = lmjax.load(tmp_path / "term")
     assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params)))
+
+
+def test_distributed_without_a_job_is_one_line():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_", "TPU_"))}
+    r = subprocess.run([sys.executable, "-m", "lmjax", "train", *TINY[:2], "--distributed", "--workdir", "/tmp/unused"],
+                       capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and "cannot join the multi-process job" in errors[0], r.stderr

@@ -56,7 +56,11 @@ def join_cluster(*, force: bool = False, environ=None) -> dict | None:
         return None
     import jax
 
-    jax.distributed.initialize(**(kwargs or {}), heartbeat_timeout_seconds=HEARTBEAT_S)
+    try:
+        jax.distributed.initialize(**(kwargs or {}), heartbeat_timeout_seconds=HEARTBEAT_S)
+    except (ValueError, RuntimeError) as e:  # e.g. --distributed where JAX detects no cluster
+        raise ConfigError(f"cannot join the multi-process job ({str(e).splitlines()[0]}); set "
+                          f"{', '.join(EXPLICIT)}, or run inside a SLURM step or TPU slice") from None
     return job_info(kwargs or {})
 
 
