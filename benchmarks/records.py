@@ -271,7 +271,7 @@ def _vs_nanogpt_row(rec: dict) -> str:
     def cells(key):
         return " / ".join(f"{r[key]:,.1f}" for r in rec["rounds"]) if key in rec["rounds"][0] else "-"
     vs_hp = rec["ratio_vs_torch_hugepages"]
-    return (f"| {_row_date(rec)} | {rec['shape']} | {cells('lmjax_ms')} | {cells('torch_ms')} "
+    return (f"| {_row_date(rec)} | {_host(rec)} | {rec['shape']} | {cells('lmjax_ms')} | {cells('torch_ms')} "
             f"| {cells('torch_hugepages_ms')} | **{rec['ratio']:.2f}x** "
             f"| {f'{vs_hp:.2f}x' if vs_hp else '-'} |")
 
@@ -285,8 +285,8 @@ faster). Goal: >= 1.3 on the baby shape, >= 1.15 on the default shape. The "+ hu
 PyTorch under lmjax's own GLIBC_TUNABLES: huge pages only until 08:15, huge pages and freed memory
 kept from 10:55 on.
 
-| date | shape | lmjax ms per round | nanoGPT ms per round | nanoGPT + huge pages ms | ratio | ratio vs nanoGPT + huge pages |
-|---|---|---|---|---|---|---|
+| date | host | shape | lmjax ms per round | nanoGPT ms per round | nanoGPT + huge pages ms | ratio | ratio vs nanoGPT + huge pages |
+|---|---|---|---|---|---|---|---|
 """, _vs_nanogpt_row)
 
 def _nanogpt_trainpy_row(rec: dict) -> str:
