@@ -133,7 +133,7 @@ class Run:
     def classify(self, texts: str | Sequence[str]) -> list[dict]:
         """A fine-tuned classifier's prediction for each text: {'label', 'probabilities': {label: p}}
         (texts longer than the context are truncated, as in fine-tuning)."""
-        from lmjax.data.tasks import _pad
+        from lmjax.data.tasks import padded
         from lmjax.training.finetune import classifier_for, predict
 
         if self.finetune is None:
@@ -141,7 +141,7 @@ class Run:
                              f"`lmjax finetune --init {self.workdir} --task TASK --workdir OUT`")
         texts = [texts] if isinstance(texts, str) else list(texts)
         ids = [np.asarray(self.tokenizer.encode(t), np.int32)[:self.config.train.seq_len] for t in texts]
-        ex = _pad(ids, [0] * len(ids), self.config.train.seq_len)
+        ex = padded(ids, [0] * len(ids), self.config.train.seq_len)
         model = classifier_for(self.model_cfg, self.finetune, len(self.labels))
         probs = predict(model, self.params, ex.tokens, ex.lengths)
         return [{"label": self.labels[int(p.argmax())],

@@ -34,6 +34,7 @@ import fcntl
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 from lmjax.errors import LmjaxError
@@ -227,6 +228,16 @@ class Workdir:
 
     def has_checkpoints(self) -> bool:
         return bool(self.checkpoint_steps())
+
+    def set_checkpoints_aside(self) -> Path | None:
+        """Rename checkpoints/ to checkpoints.replaced-<time> (--force starts over without ever
+        deleting a run); the new name, or None when there were none."""
+        ckpts = self.file(CHECKPOINTS)
+        if not ckpts.exists():
+            return None
+        aside = self.file(f"{CHECKPOINTS}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        ckpts.rename(aside)
+        return aside
 
     # --- status --------------------------------------------------------------------------------
 

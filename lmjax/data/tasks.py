@@ -85,7 +85,7 @@ def load_task(task: str, tokenizer, *, length: int, val_fraction: float = 0.1,
     def examples(split):
         ids = [np.asarray(tokenizer.encode(text), np.int32)[:length] for text, _, _ in split]
         _check_coverage(ids, tokenizer, str(path))
-        return _pad(ids, [index[label] for _, label, _ in split], length)
+        return padded(ids, [index[label] for _, label, _ in split], length)
 
     return Task(str(path), labels, examples(train), examples(val))
 
@@ -151,7 +151,8 @@ def _read_labelled(path: Path) -> list[tuple[str, str, int]]:
     return rows
 
 
-def _pad(ids: list[np.ndarray], labels: list[int], length: int) -> Examples:
+def padded(ids: list[np.ndarray], labels: list[int], length: int) -> Examples:
+    """Token id arrays (each at most `length`) and their labels as Examples, 0 past each end."""
     tokens = np.zeros((len(ids), length), np.int32)
     lengths = np.zeros(len(ids), np.int32)
     for i, x in enumerate(ids):
@@ -189,5 +190,5 @@ def _stdlib_modules(tokenizer, *, length: int, val_fraction: float, max_per_labe
             ids += [have[k] for k in keep]
             labels += [i] * len(keep)
         _check_coverage(ids, tokenizer, STDLIB_TASK)
-        out[split] = _pad(ids, labels, length)
+        out[split] = padded(ids, labels, length)
     return Task(STDLIB_TASK, STDLIB_GROUPS, out["train"], out["val"])

@@ -172,7 +172,7 @@ def finetune(ft_config, workdir: str | Path, *, force: bool = False, print_fn=pr
         if not force:
             raise ConfigError(f"workdir {workdir} already holds a run; use a new --workdir, or --force to "
                               "set its checkpoints aside and start over")
-        wd.file(CHECKPOINTS).rename(wd.file(f"{CHECKPOINTS}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"))
+        wd.set_checkpoints_aside()
     wd.create()
     wd.truncate_metrics(0)
 

@@ -26,7 +26,7 @@ from lmjax.process.distributed import job_info
 from lmjax.training import sharding
 from lmjax.training.metrics import MetricsWriter
 from lmjax.training.steps import Setup, make_setup
-from lmjax.workdir import CHECKPOINTS, Workdir
+from lmjax.workdir import Workdir
 
 
 def evaluate(setup: Setup, params, tokens: np.ndarray, *, batch_size: int, seq_len: int,
@@ -34,8 +34,9 @@ def evaluate(setup: Setup, params, tokens: np.ndarray, *, batch_size: int, seq_l
     """Held-out loss (nats/token), perplexity and bits per byte over `max_batches` (0: all); for
     the encoder, the masked-LM loss and accuracy over fixed masks (`masked_loss`, ...)."""
     sums = []
+    overlap = eval_overlap(setup.model_cfg)
     batches = eval_batches(tokens, batch_size=batch_size, seq_len=seq_len, max_batches=max_batches,
-                           overlap=eval_overlap(setup.model_cfg), process_index=jax.process_index(),
+                           overlap=overlap, process_index=jax.process_index(),
                            process_count=jax.process_count())
     for index, (batch, weights) in enumerate(batches):
         # One batch in flight at a time: independent multi-device programs queued together can
@@ -50,7 +51,7 @@ def evaluate(setup: Setup, params, tokens: np.ndarray, *, batch_size: int, seq_l
     by_position = position_losses(loss_L, count_L)
     # With a sliding window only the split's first window scores its first `overlap` positions:
     # too few to mean anything, and every other target had its full context anyway.
-    by_position[:eval_overlap(setup.model_cfg)] = [None] * eval_overlap(setup.model_cfg)
+    by_position[:overlap] = [None] * overlap
     if setup.model_cfg.family == "encoder":
         return {"masked_loss": loss, "masked_accuracy": correct / max(count, 1.0),
                 "masked_tokens": int(count), "loss_by_position": by_position}
@@ -92,10 +93,7 @@ def check_workdir(wd: Workdir, cfg: dict, force: bool) -> None:
             "use a new --workdir, or pass --force to set the old checkpoints aside and start over"
         )
     if diffs and force:
-        ckpts = wd.file(CHECKPOINTS)
-        if ckpts.exists():
-            aside = wd.file(f"{CHECKPOINTS}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-            ckpts.rename(aside)  # set aside, never deleted: --force must not lose a run
+        wd.set_checkpoints_aside()  # never deleted: --force must not lose a run
 
 
 class NonFiniteError(LmjaxError):
