@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine with python3 and pip:
 #   make train   # creates .venv if missing, installs lmjax, trains the default model
-#   make test    # creates .venv if missing, installs lmjax[dev], runs the tests
+#   make test    # creates .venv if missing, installs lmjax[dev,hf], runs the tests
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -13,8 +13,17 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# The hf extra's torch, pinned to the CPU build this machine's wheel folder holds: an unpinned torch
+# resolves to the newest release with several GB of CUDA packages the tests never use.
+# `make test TORCH=torch` takes the newest instead.
+TORCH ?= torch==2.13.0
+
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+$(VENV)/.installed-hf: $(VENV)/.installed
+	$(BIN)/pip install -q '$(TORCH)' -e '.[dev,hf]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -22,7 +31,7 @@ install: $(VENV)/.installed
 train: install
 	$(BIN)/lmjax train $(ARGS)
 
-test: install
+test: install $(VENV)/.installed-hf
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 clean:

@@ -44,9 +44,10 @@ TRANSFORMERS = ("decoder", "encoder")  # the families built from attention block
 NEURAL = ("decoder", "encoder", "lstm", "mlp")  # the families trained by gradient steps
 CAUSAL = ("decoder", "lstm", "mlp", "ngram")  # the next-token language models (all but encoder)
 COUNTED_STEP = 1  # an n-gram model is counted, not trained: its checkpoint and result are "step 1"
-TOKENIZERS = ("byte", "char", "sentencepiece")
+TOKENIZERS = ("byte", "char", "sentencepiece", "hf")
 SP_MODEL_TYPES = ("bpe", "unigram")
 NORMS = ("rmsnorm", "layernorm")
+MLPS = ("gelu", "swiglu")
 POSITIONS = ("rope", "learned", "sinusoidal", "alibi", "none")
 ATTENTIONS = ("mha", "mqa", "gqa", "linear")
 ATTENTION_IMPLS = ("auto", "einsum", "xla", "cudnn")
@@ -108,8 +109,10 @@ def _divisors(n: int) -> list[int]:
 class DataConfig:
     corpus: str = key("stdlib", "'stdlib', 'tinyshakespeare', or a path/glob of UTF-8 text files")
     tokenizer: str = key("byte", "how text becomes ids", choices=TOKENIZERS)
-    vocab_size: int = key(0, "sentencepiece only: the vocabulary to train; byte/char derive theirs",
-                          minimum=0)
+    vocab_size: int = key(0, "sentencepiece: the vocabulary to train; hf: the model's (>= the "
+                          "tokenizer's; 0: the tokenizer's); byte/char derive theirs", minimum=0)
+    tokenizer_path: str = key("", "tokenizer='hf': a Hugging Face tokenizer.json (`lmjax import` "
+                              "writes one into the workdir); needs the hf extra")
     sp_model_type: str = key("bpe", "sentencepiece model", choices=SP_MODEL_TYPES)
     val_fraction: float = key(0.1, "share held out: by file (stdlib, globs) or the text's tail")
     data_dir: str = key("", "where named corpora live; empty means $LMJAX_DATA_DIR")
@@ -123,6 +126,9 @@ class DataConfig:
         if self.tokenizer == "sentencepiece" and self.vocab_size <= 0:
             raise ConfigError("config.data.tokenizer='sentencepiece' needs config.data.vocab_size > 0, "
                               "e.g. 4096")
+        if (self.tokenizer == "hf") != bool(self.tokenizer_path):
+            raise ConfigError("config.data.tokenizer_path goes with config.data.tokenizer='hf' (a "
+                              "tokenizer.json), and only with it; set both or neither")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"config.data.val_fraction must be in (0, 1), got {self.val_fraction}")
 
@@ -150,6 +156,12 @@ class _TransformerKeys:
     num_kv_heads: int = key(0, "key/value heads for 'gqa'; 0 means num_heads", minimum=0,
                             families=TRANSFORMERS)
     mlp_ratio: int = key(4, "MLP hidden width / width", minimum=1, families=TRANSFORMERS)
+    mlp_width: int = key(0, "MLP hidden width; 0 means mlp_ratio * width", minimum=0,
+                         families=TRANSFORMERS)
+    mlp: str = key("gelu", "MLP: 'gelu' (up, GELU with the tanh approximation, down: GPT-2) or "
+                   "'swiglu' (silu(gate) * up, down: LLaMA)", choices=MLPS, families=TRANSFORMERS)
+    bias: bool = key(False, "biases in every projection (query, key, value, out, MLP; not the head), "
+                     "as GPT-2", families=TRANSFORMERS)
     attention: str = key("mha", "attention variant", choices=ATTENTIONS, families=TRANSFORMERS)
     attention_impl: str = key("auto", "softmax attention kernel: 'auto' is cuDNN flash attention on "
                               "NVIDIA GPUs where the shape allows, einsums elsewhere",
@@ -160,6 +172,9 @@ class _TransformerKeys:
                             families=TRANSFORMERS)
     positions: str = key("rope", "position encoding", choices=POSITIONS, families=TRANSFORMERS)
     norm: str = key("rmsnorm", "normalisation layer", choices=NORMS, families=TRANSFORMERS)
+    norm_eps: float = key(1e-6, "epsilon of every norm (GPT-2 and LLaMA use 1e-5)", families=TRANSFORMERS)
+    rope_theta: float = key(10000.0, "positions='rope': the rotary base (LLaMA 3 uses 500000)",
+                            families=TRANSFORMERS)
     scan_layers: bool = key(False, "one nn.scan over stacked layers (compiles one layer, not N)",
                             families=TRANSFORMERS)
     remat: bool = key(False, "recompute each block's activations in the backward pass",
@@ -221,6 +236,9 @@ class ModelConfig(_CommonModelKeys, _TransformerKeys, _LstmKeys, _MlpLmKeys, _En
                               "config.model.window are causal-only; use mha, mqa or gqa with window=0")
         if not 0.0 < self.mask_rate < 1.0:
             raise ConfigError(f"config.model.mask_rate must be in (0, 1), got {self.mask_rate}")
+        if not self.norm_eps > 0 or not self.rope_theta > 0:
+            raise ConfigError(f"config.model.norm_eps and rope_theta must be positive, got "
+                              f"{self.norm_eps}, {self.rope_theta}")
         if self.remat_policy != "nothing" and not self.remat:
             raise ConfigError(f"config.model.remat_policy={self.remat_policy!r} applies with remat: "
                               "set config.model.remat=True, or leave remat_policy='nothing'")
@@ -260,6 +278,11 @@ class ModelConfig(_CommonModelKeys, _TransformerKeys, _LstmKeys, _MlpLmKeys, _En
 
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def mlp_hidden(self) -> int:
+        """The MLP's hidden width: mlp_width, else mlp_ratio * width."""
+        return self.mlp_width or self.mlp_ratio * self.width
 
     @property
     def head_dim(self) -> int:

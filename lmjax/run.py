@@ -119,6 +119,17 @@ class Run:
         return [[(self.tokenizer.decode([int(i)]), float(probs_MV[m, i])) for i in row]
                 for m, row in enumerate(top_MK)]
 
+    def logits(self, tokens) -> np.ndarray:
+        """float32 next-token logits [B, L, V] of token ids [B, L] (L at most the context)."""
+        self._language_model("logits")
+        if self.model_cfg.family == "ngram":
+            raise LmjaxError("logits is for the neural families; an n-gram model gives run.score(text)")
+        tokens_BL = np.asarray(tokens, np.int32)
+        if tokens_BL.ndim != 2 or tokens_BL.shape[1] > self.model_cfg.max_len:
+            raise LmjaxError(f"logits takes token ids [batch, length <= {self.model_cfg.max_len}], got "
+                             f"shape {tokens_BL.shape}")
+        return np.asarray(_forward(self.model_cfg, self.params, tokens_BL))
+
     def score(self, text: str) -> TokenScores:
         self._language_model("score")
         ids = self.tokenizer.encode(text)

@@ -16,6 +16,7 @@ VARIANTS = {
     "mha_window": dict(attention="mha", window=8),
     "gqa_window": dict(attention="gqa", num_kv_heads=2, window=8),
     "linear": dict(attention="linear", linear_chunk=12),  # 12 does not divide 32: a padded chunk
+    "swiglu_bias": dict(attention="gqa", num_kv_heads=2, mlp="swiglu", mlp_width=320, bias=True),
 }
 B, T = 2, 32
 # Matmul-dominated: width 128 >> seq 32, so the elementwise work XLA also counts (norms, GELU,

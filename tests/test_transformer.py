@@ -57,6 +57,10 @@ PARAM_CONFIGS = [
     tiny(positions="learned"),
     tiny(norm="layernorm", positions="learned", tie_embeddings=False),
     tiny(attention="gqa", num_kv_heads=2, mlp_ratio=2, num_layers=3),
+    # the GPT-2 and LLaMA layouts (lmjax/hf): biases everywhere; SwiGLU with an odd hidden width
+    tiny(norm="layernorm", positions="learned", bias=True),
+    tiny(mlp="swiglu", mlp_width=72, attention="gqa", num_kv_heads=2, tie_embeddings=False),
+    tiny(mlp="swiglu", bias=True),
 ]
 
 
@@ -79,11 +83,11 @@ def test_param_count_matches_tree(cfg):
 ALLOWED_AXES = {
     ("vocab", "embed_vocab"), ("length_pos", "embed_vocab"), ("embed", "heads"),
     ("embed", "kv_heads"), ("heads", "embed"), ("embed", "mlp"), ("mlp", "embed"),
-    ("embed", "vocab"), ("norm",),
+    ("embed", "vocab"), ("norm",), ("heads",), ("kv_heads",), ("embed",), ("mlp",),  # biases
 }
 
 
-@pytest.mark.parametrize("cfg", PARAM_CONFIGS[2:4])
+@pytest.mark.parametrize("cfg", PARAM_CONFIGS[2:4] + PARAM_CONFIGS[-1:])
 def test_logical_axes_on_every_param(cfg):
     boxed = abstract_params(cfg, boxed=True)
     flat = jax.tree_util.tree_flatten_with_path(

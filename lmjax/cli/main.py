@@ -4,6 +4,8 @@
     lmjax eval --workdir runs/x [--batches N]
     lmjax sample --workdir runs/x --prompt "def " [--prompt "..."] [--temperature 0.8 ...]
     lmjax finetune --init runs/x --task stdlib-modules --workdir runs/x-cls [--config.finetune.steps=300 ...]
+    lmjax export --workdir runs/x --out hf/x [--step N] [--dtype bfloat16] [--max_shard_size 5GB]
+    lmjax import --from hf/gpt2 --workdir runs/gpt2 [--config.data.corpus=... --config.train.steps=...]
     lmjax sweep --config experiments/NAME/config.py:ARG [--parallel N] [--dry-run]
     lmjax report experiments/NAME
 
@@ -24,7 +26,7 @@ from ml_collections import config_flags
 from lmjax import config as config_lib
 from lmjax.errors import ConfigError, LmjaxError
 
-COMMANDS = ("train", "eval", "sample", "finetune", "sweep", "report")
+COMMANDS = ("train", "eval", "sample", "finetune", "export", "import", "sweep", "report")
 # Commands with their own parsers, in their own folders.
 DELEGATED = {"sweep": "lmjax.sweeps.cli", "report": "lmjax.analysis.cli"}
 USAGE = f"usage: lmjax {{{','.join(COMMANDS)}}} [flags]   (lmjax COMMAND --help for flags)"
@@ -63,8 +65,23 @@ def _define_flags(command: str, fv: flags.FlagValues) -> None:
         flags.DEFINE_boolean("force", False, "Start over in a workdir that holds a run (its checkpoints "
                              "are renamed, not deleted).", flag_values=fv)
         return
+    if command == "import":
+        config_flags.DEFINE_config_dict("config", config_lib.base_config(), "Keys to set in the imported "
+                                        "run's config, e.g. --config.data.corpus=tinyshakespeare; the "
+                                        "model keys come from the directory's config.json.",
+                                        flag_values=fv, lock_config=False)
+        flags.DEFINE_string("from", None, "A Hugging Face GPT-2 or LLaMA directory (config.json, "
+                            "model.safetensors, tokenizer.json).", flag_values=fv)
+        flags.DEFINE_string("workdir", None, "New folder for the imported run.", flag_values=fv)
+        return
     flags.DEFINE_string("workdir", None, "Run folder written by `lmjax train`.", flag_values=fv)
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=fv)
+    if command == "export":
+        flags.DEFINE_string("out", None, "New folder for the Hugging Face directory.", flag_values=fv)
+        flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Tensor dtype of the weights.",
+                          flag_values=fv)
+        flags.DEFINE_string("max_shard_size", "5GB", "Larger weights are sharded into files of at most "
+                            "this size, with model.safetensors.index.json.", flag_values=fv)
     if command == "eval":
         flags.DEFINE_integer("batches", None, "Validation batches (0: the whole split; "
                              "default: config.train.eval_batches).", flag_values=fv)
@@ -86,7 +103,7 @@ def check_overrides(argv: list[str]) -> None:
 
 
 def parse(command: str, argv: list[str]) -> flags.FlagValues:
-    if command == "train":
+    if command in ("train", "import"):
         check_overrides(argv)
     if command == "finetune":
         for arg in argv:
@@ -190,6 +207,34 @@ def run_finetune(fv) -> int:
     return 0
 
 
+def run_export(fv) -> int:
+    from lmjax.hf.convert import export_run
+
+    if not fv.workdir or not fv.out:
+        raise ConfigError("lmjax export needs --workdir (a run) and --out (a new folder)")
+    out = export_run(fv.workdir, fv.out, step=fv.step, max_shard_size=_size(fv.max_shard_size),
+                     dtype=fv.dtype)
+    print(json.dumps({"out": fv.out, **out}))
+    return 0
+
+
+def _size(text: str) -> int | str:
+    return int(text) if text.isdigit() else text  # bytes, or huggingface_hub's '5GB' / '500MB'
+
+
+def run_import(fv) -> int:
+    from lmjax.hf.convert import import_dir
+
+    if not fv["from"].value or not fv.workdir:
+        raise ConfigError("lmjax import needs --from (a Hugging Face directory) and --workdir (a new folder)")
+    base, given = config_lib.base_config().to_dict(), fv.config.to_dict()
+    overrides = {section: {k: v for k, v in values.items() if v != base[section][k]}
+                 for section, values in given.items()}
+    out = import_dir(fv["from"].value, fv.workdir, overrides=overrides)
+    print(json.dumps({"workdir": fv.workdir, **out}))
+    return 0
+
+
 def run_sample(fv) -> int:
     if not fv.prompt:
         raise ConfigError('--prompt is required, e.g. --prompt "def main("; repeat it for several')
@@ -215,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         import importlib
 
         return importlib.import_module(DELEGATED[command]).main(rest)
-    commands = {"train": run_train, "eval": run_eval, "sample": run_sample, "finetune": run_finetune}
+    commands = {"train": run_train, "eval": run_eval, "sample": run_sample, "finetune": run_finetune,
+                "export": run_export, "import": run_import}
     return guarded(lambda: commands[command](parse(command, rest)), verbose="--verbose" in rest)
 
 

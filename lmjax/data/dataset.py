@@ -59,21 +59,27 @@ def prepare(data_cfg: DataConfig) -> Dataset:
     kind = data_cfg.tokenizer
     is_sp = kind == "sentencepiece"
     # Settings a tokenizer ignores stay out of the key, so changing them reuses the cache.
-    vocab_size = data_cfg.vocab_size if is_sp else 0
+    vocab_size = data_cfg.vocab_size if kind in ("sentencepiece", "hf") else 0
     sp_model_type = data_cfg.sp_model_type if is_sp else ""
-
+    built = {"kind": kind, "vocab_size": vocab_size, "sp_model_type": sp_model_type}
     fingerprint = corpus_fingerprint(corpus_name, data_dir=data_dir, val_fraction=val_fraction)
-    key_blob = json.dumps([FORMAT_VERSION, fingerprint, kind, vocab_size, sp_model_type]).encode()
+    key_parts = [FORMAT_VERSION, fingerprint, kind, vocab_size, sp_model_type]
+    if kind == "hf":  # the file's contents, not its path, key the cache
+        built["tokenizer"] = build_tokenizer(kind, "", vocab_size=vocab_size, path=data_cfg.tokenizer_path)
+        key_parts.append(built["tokenizer"].fingerprint)
+    key_blob = json.dumps(key_parts).encode()
     key = hashlib.sha256(key_blob).hexdigest()[:20]
     folder = os.path.join(cache_root(data_cfg), "tokens", key)
     if not os.path.exists(os.path.join(folder, "meta.json")):
-        _build(folder, corpus_name, data_dir, val_fraction, kind, vocab_size, sp_model_type)
+        _build(folder, corpus_name, data_dir, val_fraction, **built)
     return _load(folder)
 
 
-def _build(folder, corpus_name, data_dir, val_fraction, kind, vocab_size, sp_model_type) -> None:
+def _build(folder, corpus_name, data_dir, val_fraction, kind, vocab_size, sp_model_type,
+           tokenizer: Tokenizer | None = None) -> None:
     corpus = load_corpus(corpus_name, data_dir=data_dir, val_fraction=val_fraction)
-    tokenizer = build_tokenizer(kind, corpus.train, vocab_size=vocab_size, sp_model_type=sp_model_type)
+    tokenizer = tokenizer or build_tokenizer(kind, corpus.train, vocab_size=vocab_size,
+                                             sp_model_type=sp_model_type)
     dtype = token_dtype(tokenizer.vocab_size)
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Tokenizers: byte, char and sentencepiece (BPE or unigram), all lossless and JSON-serialisable.
+"""Tokenizers: byte, char and sentencepiece (BPE or unigram), all lossless and JSON-serialisable,
+and 'hf', a Hugging Face tokenizer.json (what `lmjax import` brings in with a public checkpoint).
 
 `to_json()` is self-contained (the sentencepiece model travels as base64), so a checkpoint or token
 cache that stores it can rebuild the exact tokenizer with `tokenizer_from_json`.
@@ -183,6 +184,45 @@ class SentencePieceTokenizer(Tokenizer):
         return cls(model.getvalue(), model_type)
 
 
+class HfTokenizer(Tokenizer):
+    """A Hugging Face `tokenizers` tokenizer (its tokenizer.json), encoding without special tokens.
+    `vocab_size` may exceed the tokenizer's own: a model's embedding is often padded (ids the
+    tokenizer never produces). Needs the hf extra; nothing else in lmjax imports `tokenizers`."""
+
+    kind = "hf"
+
+    def __init__(self, tokenizer_json: str, vocab_size: int = 0):
+        try:
+            import tokenizers
+        except ImportError:
+            raise DataError("config.data.tokenizer='hf' needs the Hugging Face extra: "
+                            "pip install 'lmjax[hf]'") from None
+        self.tokenizer_json = tokenizer_json
+        self.tok = tokenizers.Tokenizer.from_str(tokenizer_json)
+        self.vocab_size = max(vocab_size, self.tok.get_vocab_size(with_added_tokens=True))
+
+    @classmethod
+    def from_file(cls, path: str, vocab_size: int = 0) -> HfTokenizer:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return cls(f.read(), vocab_size)
+        except OSError as e:
+            raise DataError(f"cannot read config.data.tokenizer_path {path!r} ({e.strerror}); point it "
+                            "at a Hugging Face tokenizer.json") from None
+        except Exception as e:  # tokenizers raises its own exception type for a malformed file
+            raise DataError(f"config.data.tokenizer_path {path!r} is not a readable tokenizer.json "
+                            f"({str(e).splitlines()[0]}); point it at a Hugging Face tokenizer.json") from None
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self.tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+
+    def decode(self, ids) -> str:
+        return self.tok.decode(np.asarray(ids).reshape(-1).tolist(), skip_special_tokens=False)
+
+    def to_json(self) -> dict:
+        return {"kind": "hf", "vocab_size": self.vocab_size, "tokenizer_json": self.tokenizer_json}
+
+
 def _chunks(text: str, size: int) -> list[str]:
     """Cut `text` just after a newline roughly every `size` characters (a hard cut if a line is longer).
     No piece contains a newline, so the chunks encode to the ids of the whole text (for unigram, up to
@@ -199,10 +239,12 @@ def _chunks(text: str, size: int) -> list[str]:
 
 def build_tokenizer(
     kind: str, train_text: str, *, vocab_size: int = 0, sp_model_type: str = "bpe", seed: int = 0,
-    max_lines: int = MAX_TRAIN_LINES,
+    max_lines: int = MAX_TRAIN_LINES, path: str = "",
 ) -> Tokenizer:
     """Build a tokenizer of `kind` (one of config.TOKENIZERS) from the training text (byte ignores
-    the text); sentencepiece trains on at most `max_lines` lines of it."""
+    the text); sentencepiece trains on at most `max_lines` lines of it; hf reads `path`."""
+    if kind == "hf":
+        return HfTokenizer.from_file(path, vocab_size)
     if kind == "byte":
         return ByteTokenizer()
     if kind == "char":
@@ -222,4 +264,6 @@ def tokenizer_from_json(d: dict) -> Tokenizer:
         return CharTokenizer(d["chars"])
     if kind == "sentencepiece":
         return SentencePieceTokenizer(base64.b64decode(d["model_proto"]), d["model_type"])
+    if kind == "hf":
+        return HfTokenizer(d["tokenizer_json"], d["vocab_size"])
     raise DataError(f"unknown tokenizer kind {kind!r} in saved tokenizer JSON; it was written by another lmjax version")

@@ -21,10 +21,14 @@ def param_init(std: float, axes: tuple[str, ...]):
     return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
 
 
-def dense(cfg: ModelConfig, features: int, axes, name: str, std: float = 0.02, **kw) -> nn.Dense:
-    """A bias-free Dense: float32 parameters, cfg.dtype compute."""
-    return nn.Dense(features, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
-                    kernel_init=param_init(std, axes), name=name, **kw)
+def dense(cfg: ModelConfig, features: int, axes, name: str, std: float = 0.02, *, bias: bool = False,
+          **kw) -> nn.Dense:
+    """A Dense with float32 parameters and cfg.dtype compute; bias-free unless `bias` (zeros,
+    sharded as the kernel's output axis)."""
+    return nn.Dense(features, use_bias=bias, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                    kernel_init=param_init(std, axes),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]),
+                    name=name, **kw)
 
 
 def embedding(module: nn.Module, cfg: ModelConfig) -> jax.Array:

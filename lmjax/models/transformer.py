@@ -1,9 +1,10 @@
 """A decoder-only Transformer in Flax Linen, readable in one sitting.
 
-Pre-norm blocks, x + Attn(Norm(x)) then x + MLP(Norm(x)), a final norm, a GELU MLP (tanh
-approximation, as GPT-2) of hidden width mlp_ratio * width, and no biases in any projection (as in
-PaLM/LLaMA; LayerNorm keeps its own bias). Dropout, when on, follows the embedding and each
-residual branch (not the attention probabilities).
+Pre-norm blocks, x + Attn(Norm(x)) then x + MLP(Norm(x)), and a final norm. The MLP (cfg.mlp) is
+GELU (tanh approximation, as GPT-2) or SwiGLU (as LLaMA), of hidden width cfg.mlp_hidden; the
+projections have biases only with cfg.bias (GPT-2 has them; PaLM/LLaMA do not; LayerNorm keeps its
+own bias). Dropout, when on, follows the embedding and each residual branch (not the attention
+probabilities). These choices cover the GPT-2 and LLaMA layouts exactly (lmjax/hf converts both).
 Parameters are float32; activations are computed in cfg.dtype, while attention softmax and the
 returned logits are float32.
 
@@ -42,7 +43,6 @@ from lmjax.errors import LmjaxError
 from lmjax.models.attention import linear_attention, linear_attention_chunked, softmax_attention
 from lmjax.models.layers import dense, embedding, lm_head, param_init
 
-ROPE_BASE = 10000.0
 SINUSOID_BASE = 10000.0
 # Sinusoidal positions are scaled to the embedding's init std, so tokens and positions start on
 # the same scale in the residual stream (unscaled sinusoids, rms 0.7, would drown 0.02 embeddings).
@@ -52,23 +52,37 @@ SINUSOID_SCALE = 0.02
 def _layer_matmul_params(cfg: ModelConfig) -> int:
     D, E = cfg.width, cfg.head_dim
     attn = D * cfg.num_heads * E * 2 + D * cfg.kv_heads * E * 2  # q, out; k, v (K kv heads)
-    return attn + 2 * D * cfg.mlp_ratio * D
+    return attn + _mlp_matrices(cfg) * D * cfg.mlp_hidden
+
+
+def _mlp_matrices(cfg: ModelConfig) -> int:
+    return 3 if cfg.mlp == "swiglu" else 2  # (gate,) up, down
+
+
+def _layer_bias_params(cfg: ModelConfig) -> int:
+    """q, k, v and out biases, then the MLP's: one per output feature of each projection."""
+    if not cfg.bias:
+        return 0
+    H, K, E, D = cfg.num_heads, cfg.kv_heads, cfg.head_dim, cfg.width
+    return H * E + 2 * K * E + D + (_mlp_matrices(cfg) - 1) * cfg.mlp_hidden + D
 
 
 def param_count(cfg: ModelConfig, *, embeddings: bool = True) -> int:
     """Exact number of parameters:
 
-        num_layers * (2*D*H*E + 2*D*K*E + 2*mlp_ratio*D^2 + 2*norm) + norm      (blocks, final norm)
+        num_layers * (2*D*H*E + 2*D*K*E + M*D*F + 2*norm + bias) + norm      (blocks, final norm)
         + V*D  (+ max_len*D for learned positions)  (+ D*V untied unembedding)  (embeddings)
 
-    with E = D / H, K = cfg.kv_heads (H for mha, 1 for mqa, num_kv_heads for gqa) and norm = D
-    (RMSNorm scale) or 2D (LayerNorm scale and bias). Rotary, sinusoidal, ALiBi and 'none'
+    with E = D / H, K = cfg.kv_heads (H for mha, 1 for mqa, num_kv_heads for gqa), F =
+    cfg.mlp_hidden, M = 2 MLP matrices for 'gelu' or 3 for 'swiglu', norm = D (RMSNorm scale) or
+    2D (LayerNorm scale and bias), and bias = H*E + 2*K*E + D + (M-1)*F + D with cfg.bias (q, k,
+    v, out, the MLP's up (and gate) and down), else 0. Rotary, sinusoidal, ALiBi and 'none'
     positions have no parameters; linear attention has the same projections as softmax attention.
     embeddings=False leaves out the token embedding, the learned positions table and an untied
     unembedding (Kaplan et al.'s "non-embedding" count)."""
     D = cfg.width
     norm = D * (2 if cfg.norm == "layernorm" else 1)
-    n = cfg.num_layers * (_layer_matmul_params(cfg) + 2 * norm) + norm
+    n = cfg.num_layers * (_layer_matmul_params(cfg) + 2 * norm + _layer_bias_params(cfg)) + norm
     if embeddings:
         n += cfg.vocab_size * D
         n += cfg.max_len * D if cfg.positions == "learned" else 0
@@ -120,7 +134,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, *, count_masked: bool = Fals
         3 * (2 * N + 2 * V * D + num_layers * attention_flops_per_token(cfg, seq_len))
 
     N counts the matmul weights of the blocks (q and out: D*H*E each; k and v: D*K*E each; MLP up
-    and down: mlp_ratio*D^2 each; norms and embedding lookups are not matmuls), 2 * V * D is the
+    and down (and SwiGLU's gate): D*F each; norms, biases and embedding lookups are not matmuls), 2 * V * D is the
     unembedding (tied or not), and the attention core is counted per variant by
     `attention_flops_per_token`: for causal softmax attention 4*H*E*(T+1)/2 = 2*(T+1)*D per layer,
     for a window W the mean of min(t+1, W) keys instead of (T+1)/2, for linear attention its state
@@ -141,9 +155,10 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, *, count_masked: bool = Fals
 def _norm(cfg: ModelConfig, name: str) -> nn.Module:
     ones = nn.with_logical_partitioning(nn.initializers.ones, ("norm",))
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(dtype=cfg.compute_dtype, scale_init=ones, name=name)
+        return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, scale_init=ones, name=name)
     zeros = nn.with_logical_partitioning(nn.initializers.zeros, ("norm",))
-    return nn.LayerNorm(dtype=cfg.compute_dtype, scale_init=ones, bias_init=zeros, name=name)
+    return nn.LayerNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, scale_init=ones,
+                        bias_init=zeros, name=name)
 
 
 def _out_std(cfg: ModelConfig) -> float:
@@ -158,10 +173,11 @@ def _xp(pos_L):
     return (np, np.float64) if isinstance(pos_L, np.ndarray) else (jnp, jnp.float32)
 
 
-def rope_sin_cos(pos_L, head_dim: int):
-    """sin, cos [L, E/2] (float32) for rotary embeddings at absolute positions pos_L."""
+def rope_sin_cos(pos_L, head_dim: int, theta: float):
+    """sin, cos [L, E/2] (float32) for rotary embeddings at absolute positions pos_L, frequencies
+    theta^(-i / (E/2))."""
     xp, dt = _xp(pos_L)
-    freq_F = ROPE_BASE ** (-xp.arange(0, head_dim // 2, dtype=dt) / (head_dim // 2))
+    freq_F = theta ** (-xp.arange(0, head_dim // 2, dtype=dt) / (head_dim // 2))
     angle_LF = pos_L.astype(dt)[:, None] * freq_F[None, :]
     return xp.sin(angle_LF).astype(np.float32), xp.cos(angle_LF).astype(np.float32)
 
@@ -193,9 +209,9 @@ class Attention(nn.Module):
         B, L, D = x_BLD.shape
         H, K, E = cfg.num_heads, cfg.kv_heads, cfg.head_dim
         x_ND = x_BLD.reshape(B * L, D)  # 2-D matmuls: see Mlp
-        q_BLHE = dense(cfg, H * E, ("embed", "heads"), "query")(x_ND).reshape(B, L, H, E)
-        k_BLKE = dense(cfg, K * E, ("embed", "kv_heads"), "key")(x_ND).reshape(B, L, K, E)
-        v_BLKE = dense(cfg, K * E, ("embed", "kv_heads"), "value")(x_ND).reshape(B, L, K, E)
+        q_BLHE = dense(cfg, H * E, ("embed", "heads"), "query", bias=cfg.bias)(x_ND).reshape(B, L, H, E)
+        k_BLKE = dense(cfg, K * E, ("embed", "kv_heads"), "key", bias=cfg.bias)(x_ND).reshape(B, L, K, E)
+        v_BLKE = dense(cfg, K * E, ("embed", "kv_heads"), "value", bias=cfg.bias)(x_ND).reshape(B, L, K, E)
         if rope is not None:  # linear attention too: rotated q, k go into the feature map
             q_BLHE, k_BLKE = apply_rope(q_BLHE, *rope), apply_rope(k_BLKE, *rope)
         if decode and cfg.attention == "linear":
@@ -204,7 +220,8 @@ class Attention(nn.Module):
             k_BSKE, v_BSKE = (self._update_cache(k_BLKE, v_BLKE, offset) if decode
                               else (k_BLKE, v_BLKE))
             out_BLHE = attend(cfg, q_BLHE, k_BSKE, v_BSKE, q_offset=offset, kv_length=offset + L)
-        out_ND = dense(cfg, D, ("heads", "embed"), "out", _out_std(cfg))(out_BLHE.reshape(B * L, H * E))
+        out_ND = dense(cfg, D, ("heads", "embed"), "out", _out_std(cfg), bias=cfg.bias)(
+            out_BLHE.reshape(B * L, H * E))
         return out_ND.reshape(B, L, D)
 
     def _update_cache(self, k_BLKE, v_BLKE, offset):
@@ -255,8 +272,13 @@ class Mlp(nn.Module):
         B, L, D = x_BLD.shape
         # 2-D matmuls: XLA:CPU runs the backward of 3-D ones fused with GELU ~3x slower.
         x_ND = x_BLD.reshape(B * L, D)
-        h_NF = nn.gelu(dense(cfg, cfg.mlp_ratio * D, ("embed", "mlp"), "up")(x_ND))
-        return dense(cfg, D, ("mlp", "embed"), "down", _out_std(cfg))(h_NF).reshape(B, L, D)
+        F = cfg.mlp_hidden
+        up_NF = dense(cfg, F, ("embed", "mlp"), "up", bias=cfg.bias)(x_ND)
+        if cfg.mlp == "swiglu":
+            h_NF = nn.silu(dense(cfg, F, ("embed", "mlp"), "gate", bias=cfg.bias)(x_ND)) * up_NF
+        else:
+            h_NF = nn.gelu(up_NF)
+        return dense(cfg, D, ("mlp", "embed"), "down", _out_std(cfg), bias=cfg.bias)(h_NF).reshape(B, L, D)
 
 
 class Block(nn.Module):
@@ -343,7 +365,7 @@ class Transformer(nn.Module):
             x_BLD = x_BLD + sinusoidal_positions(pos_L, cfg.width).astype(cfg.compute_dtype)
         x_BLD = nn.Dropout(cfg.dropout, deterministic=not train)(x_BLD)
         x_BLD = nn.with_logical_constraint(x_BLD, ("batch", "length", "act_embed"))
-        rope = rope_sin_cos(pos_L, cfg.head_dim) if cfg.positions == "rope" else None
+        rope = rope_sin_cos(pos_L, cfg.head_dim, cfg.rope_theta) if cfg.positions == "rope" else None
 
         x_BLD = run_blocks(cfg, x_BLD, rope, offset, train=train, decode=decode)
         x_BLD = _norm(cfg, "final_norm")(x_BLD)

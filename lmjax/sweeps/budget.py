@@ -11,14 +11,14 @@ from lmjax.sweeps.spec import apply_overrides
 
 
 def vocab_size(config) -> tuple[int, bool]:
-    """(vocabulary size, exact?). byte: 256. sentencepiece: config.data.vocab_size. char: the
+    """(vocabulary size, exact?). byte: 256. sentencepiece, hf: config.data.vocab_size. char: the
     corpus's distinct characters are only known once it is read, so config.data.vocab_size when
     set, else an estimate of 100 (printable ASCII plus a few; tinyshakespeare has 65)."""
     d = config.data
     if d.tokenizer == "byte":
         return 256, True
     if d.vocab_size > 0:
-        return int(d.vocab_size), d.tokenizer == "sentencepiece"
+        return int(d.vocab_size), d.tokenizer in ("sentencepiece", "hf")
     return 100, False
 
 

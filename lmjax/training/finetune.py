@@ -180,9 +180,11 @@ def finetune(ft_config, workdir: str | Path, *, force: bool = False, print_fn=pr
     length = pre.config.train.seq_len
     params = init_classifier(model, ft.seed, length)
     if not ft.random_init:
-        if jax.tree.structure(params["backbone"]) != jax.tree.structure(pre.params):
+        # The head replaces the LM head: an untied unembedding is not part of the backbone.
+        backbone = {k: v for k, v in pre.params.items() if k in params["backbone"]}
+        if jax.tree.structure(params["backbone"]) != jax.tree.structure(backbone):
             raise LmjaxError(f"the pretrained parameters of {ft.init} do not fit its own config's model")
-        params = {**params, "backbone": pre.params}
+        params = {**params, "backbone": backbone}
     optimizer = _optimizer(ft, params)
     state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
     train_step = make_train_step(model, optimizer, ft.seed)

@@ -1,0 +1,248 @@
+"""Hugging Face interop (lmjax/hf), checked in `transformers` itself on CPU in float32: exported
+runs give transformers' logits and greedy tokens, random transformers models import exactly,
+export then import is bitwise, and what neither layout expresses is refused with one line."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
+
+import lmjax  # noqa: E402
+from lmjax import config as config_lib  # noqa: E402
+from lmjax.errors import ConfigError, LmjaxError  # noqa: E402
+from lmjax.hf.convert import export_run, import_dir  # noqa: E402
+from lmjax.hf.layouts import ConversionError, layout_for  # noqa: E402
+from lmjax.hf.tokenizer import save_hf_tokenizer  # noqa: E402
+from lmjax.data.tokenizers import ByteTokenizer  # noqa: E402
+from lmjax.data.corpus import load_corpus  # noqa: E402
+from lmjax.models.decode import generate  # noqa: E402
+from lmjax.training.loop import train  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SEQ = 64
+ATOL = 1e-4
+
+# One run per layout and attention, each written by another topology, tokenizer and corpus.
+RUNS = {
+    "gpt2": dict(model=dict(positions="learned", norm="layernorm", bias=True, norm_eps=1e-5),
+                 data=dict(corpus="tinyshakespeare", tokenizer="char"), mesh=dict(data=2, fsdp=2, tensor=2)),
+    "llama_mha_scanned": dict(model=dict(mlp="swiglu", scan_layers=True, rope_theta=500.0),
+                              data=dict(corpus="stdlib", tokenizer="byte"), mesh=dict(data=8)),
+    "llama_gqa": dict(model=dict(mlp="swiglu", mlp_width=80, attention="gqa", num_kv_heads=2,
+                                 tie_embeddings=False, bias=True),
+                      data=dict(corpus="tinyshakespeare", tokenizer="sentencepiece", vocab_size=400),
+                      mesh=dict(data=2, fsdp=4)),
+}
+
+
+def run_config(name, **train_kw):
+    spec = RUNS[name]
+    c = config_lib.base_config()
+    c.data.update(spec["data"])
+    c.model.update(num_layers=2, num_heads=4, width=64, **spec["model"])
+    c.train.update({**dict(steps=4, batch_size=8, seq_len=SEQ, eval_every=4, eval_batches=1,
+                           checkpoint_every=4, warmup_steps=1, lr=1e-2), **train_kw})
+    c.mesh.update(spec["mesh"])
+    return c
+
+
+@pytest.fixture(scope="module", params=list(RUNS))
+def exported(request, tmp_path_factory):
+    """(run name, workdir, export dir) of a trained run (4 steps at a high lr: far from init)."""
+    root = tmp_path_factory.mktemp(request.param)
+    train(run_config(request.param), root / "run", progress=False)
+    export_run(root / "run", root / "hf")
+    return request.param, root / "run", root / "hf"
+
+
+def hf_logits(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor(np.asarray(ids))).logits.numpy()
+
+
+def test_export_logits_greedy_tokens_and_tokenizer_match_transformers(exported):
+    name, workdir, out = exported
+    run = lmjax.load(workdir)
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+    assert type(model).__name__ == ("GPT2LMHeadModel" if name == "gpt2" else "LlamaForCausalLM")
+    ids = np.random.default_rng(0).integers(0, run.model_cfg.vocab_size, (3, SEQ))
+    ours, theirs = run.logits(ids), hf_logits(model, ids)
+    assert np.abs(ours - theirs).max() < ATOL
+
+    prompt = ids[0, :16]
+    greedy = generate(run.model_cfg, run.params, [prompt], max_new_tokens=32, temperature=0.0)[0]
+    with torch.no_grad():
+        hf_greedy = model.generate(torch.tensor(prompt[None]), do_sample=False, max_new_tokens=32,
+                                   min_new_tokens=32)[0, 16:].numpy()
+    np.testing.assert_array_equal(greedy, hf_greedy)
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True)
+    corpus = load_corpus(run.config.data.corpus, data_dir=run.config.data.data_dir,
+                         val_fraction=run.config.data.val_fraction)
+    paragraph = corpus.val[:3000]
+    assert tokenizer.encode(paragraph, add_special_tokens=False) == run.tokenizer.encode(paragraph).tolist()
+    assert len(tokenizer) == run.tokenizer.vocab_size
+
+
+def test_export_then_import_is_bitwise(exported, tmp_path):
+    name, workdir, out = exported
+    import_dir(out, tmp_path / "back")
+    a, b = lmjax.load(workdir), lmjax.load(tmp_path / "back")
+    assert jax.tree.structure(a.params) == jax.tree.structure(b.params)
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)))
+    assert b.config.to_dict() == a.config.to_dict()  # the run's config came back with it (lmjax.json)
+    assert b.tokenizer.fingerprint == a.tokenizer.fingerprint
+    assert b.step == 0
+
+
+def test_sharded_bfloat16_export_loads(tmp_path):
+    c = run_config("llama_gqa", steps=1, checkpoint_every=1, eval_every=1)
+    train(c, tmp_path / "run", progress=False)
+    export_run(tmp_path / "run", tmp_path / "hf", max_shard_size=40_000, dtype="bfloat16")
+    index = json.loads((tmp_path / "hf" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 2
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True,
+                                                              dtype=torch.float32)
+    run = lmjax.load(tmp_path / "run")
+    ids = np.arange(SEQ)[None] % run.model_cfg.vocab_size
+    assert np.abs(run.logits(ids) - hf_logits(model, ids)).max() < 0.05  # bfloat16 weights
+
+
+HF_CONFIGS = {
+    "gpt2": lambda: transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=48, vocab_size=300,
+                                            bos_token_id=None, eos_token_id=None),
+    "llama_gqa": lambda: transformers.LlamaConfig(
+        hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=300, max_position_embeddings=48, rms_norm_eps=1e-5,
+        rope_theta=1000.0, tie_word_embeddings=False, bos_token_id=None, eos_token_id=None),
+}
+
+
+@pytest.fixture(scope="module", params=list(HF_CONFIGS))
+def hf_dir(request, tmp_path_factory):
+    """A transformers model from a random config, saved with save_pretrained, with a byte-level
+    tokenizer.json (256 ids; the model's 300 rows include padding)."""
+    out = tmp_path_factory.mktemp("hf") / request.param
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(HF_CONFIGS[request.param]())
+    with torch.no_grad():  # nonzero biases and norms, so a swapped tensor shows in the logits
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "ln" in name or "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(out)
+    save_hf_tokenizer(ByteTokenizer(), out)
+    return out, model.eval()
+
+
+def test_import_random_transformers_model(hf_dir, tmp_path):
+    out, model = hf_dir
+    import_dir(out, tmp_path / "run", overrides={"data": {"corpus": "tinyshakespeare"}})
+    run = lmjax.load(tmp_path / "run")
+    assert run.config.data.tokenizer == "hf" and run.model_cfg.vocab_size == 300
+    ids = np.random.default_rng(1).integers(0, 300, (2, 48))
+    assert np.abs(run.logits(ids) - hf_logits(model, ids)).max() < ATOL
+    assert run.tokenizer.encode("héllo\n") .tolist() == list("héllo\n".encode())
+
+
+def lmjax_cli(*args):
+    return subprocess.run([sys.executable, "-m", "lmjax", *args], capture_output=True, text=True, cwd=REPO)
+
+
+def error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.slow
+def test_cli_import_then_eval_sample_train_finetune_export(hf_dir, tmp_path):
+    out, model = hf_dir
+    if "llama" not in out.name:
+        pytest.skip("one layout through the CLI is enough")
+    w = tmp_path / "run"
+    p = lmjax_cli("import", "--from", str(out), "--workdir", str(w), "--config.data.corpus=tinyshakespeare",
+                  "--config.train.steps=2", "--config.train.batch_size=8", "--config.train.eval_batches=1",
+                  "--config.train.checkpoint_every=2")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout.splitlines()[-1])["layout"] == "llama"
+    p = lmjax_cli("eval", "--workdir", str(w), "--batches", "1")
+    assert p.returncode == 0 and json.loads(p.stdout.splitlines()[-1])["step"] == 0, p.stderr
+    p = lmjax_cli("sample", "--workdir", str(w), "--prompt", "To be", "--max_new_tokens", "8")
+    assert p.returncode == 0 and "To be" in p.stdout, p.stderr
+    p = lmjax_cli("train", "--config", f"configs/workdir.py:{w}", "--workdir", str(w), "--progress=false")
+    assert p.returncode == 0, p.stderr
+    assert lmjax.load(w).step == 2  # continued pretraining from the imported step 0
+    p = lmjax_cli("finetune", "--init", str(w), "--task", "stdlib-modules", "--workdir", str(tmp_path / "cls"),
+                  "--config.finetune.steps=1", "--config.finetune.max_per_label=10",
+                  "--config.finetune.batch_size=4")
+    assert p.returncode == 0, p.stderr
+    p = lmjax_cli("export", "--workdir", str(w), "--out", str(tmp_path / "again"))
+    assert p.returncode == 0, p.stderr
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "again", local_files_only=True)
+    ids = np.arange(48)[None]
+    assert np.abs(lmjax.load(w).logits(ids) - hf_logits(again, ids)).max() < ATOL
+
+
+@pytest.mark.parametrize("key, changes", [
+    ("positions", dict(positions="alibi")), ("positions", dict(positions="sinusoidal")),
+    ("attention", dict(attention="linear")), ("window", dict(window=8)),
+    ("family", dict(family="encoder")),
+    ("mlp", dict(positions="learned", norm="layernorm", bias=True)),  # GPT-2's MLP is GELU
+    ("bias", dict(positions="learned", norm="layernorm", mlp="gelu")),
+    ("attention", dict(positions="learned", norm="layernorm", mlp="gelu", bias=True, attention="gqa",
+                       num_kv_heads=2)),
+    ("norm", dict(norm="layernorm")),
+    ("mlp", dict(mlp="gelu")),  # lmjax's default config: rotary positions with a GELU MLP
+])
+def test_layout_refuses_what_neither_layout_has(key, changes):
+    m = config_lib.ModelConfig(**{"num_heads": 4, "width": 64, "mlp": "swiglu", **changes})
+    with pytest.raises(ConfigError, match=f"config.model.{key}="):
+        layout_for(m)
+
+
+def test_cli_export_refusal_is_one_line_and_writes_nothing(tmp_path):
+    c = run_config("gpt2", steps=1, checkpoint_every=1, eval_every=1)
+    c.model.positions = "sinusoidal"
+    train(c, tmp_path / "run", progress=False)
+    p = lmjax_cli("export", "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "hf"))
+    assert p.returncode == 2 and error_lines(p.stderr) == [
+        "error: config.model.positions='sinusoidal' cannot be exported: GPT-2 has learned positions and "
+        "LLaMA rotary ones ('learned' or 'rope')"]
+    assert not (tmp_path / "hf").exists()
+
+
+def test_import_refusals(tmp_path, hf_dir):
+    out, _ = hf_dir
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "config.json").write_text((out / "config.json").read_text())
+    (tmp_path / "bin" / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(ConversionError, match="pytorch_model.bin .*safetensors"):
+        import_dir(tmp_path / "bin", tmp_path / "w1")
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ConversionError, match="model_type 'bert'"):
+        import_dir(tmp_path / "bert", tmp_path / "w2")
+    with pytest.raises(LmjaxError, match="config.model.num_layers is fixed"):
+        import_dir(out, tmp_path / "w3", overrides={"model": {"num_layers": 3}})
+    p = lmjax_cli("import", "--from", str(tmp_path / "nothing"), "--workdir", str(tmp_path / "w4"))
+    assert p.returncode == 2 and len(error_lines(p.stderr)) == 1 and "config.json" in p.stderr
+
+
+def test_hf_tokenizer_keys_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="tokenizer_path goes with config.data.tokenizer='hf'"):
+        config_lib.DataConfig(tokenizer="hf")
+    with pytest.raises(ConfigError, match="tokenizer_path goes with"):
+        config_lib.DataConfig(tokenizer_path=str(tmp_path / "tokenizer.json"))
+    from lmjax.data.tokenizers import HfTokenizer
+    from lmjax.errors import DataError
+
+    with pytest.raises(DataError, match="cannot read config.data.tokenizer_path .*No such file"):
+        HfTokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(DataError, match="is not a readable tokenizer.json"):
+        HfTokenizer.from_file(str(tmp_path / "bad.json"))
