@@ -308,6 +308,22 @@ rewrite ms / train.py ms (1: the rewrite times what nanoGPT runs).
 |---|---|---|---|---|---|---|
 """, _nanogpt_trainpy_row)
 
+def _hf_import_row(rec: dict) -> str:
+    return (f"| {_row_date(rec)} | {_host(rec)} | {rec['params'] / 1e6:.1f}M, {rec['safetensors_bytes'] / 1e6:,.0f} MB "
+            f"| **{rec['import_s']:.1f}** | **{rec['eval_s']:.1f}** | {rec['eval_batches']} x {rec['batch_size']} x "
+            f"{rec['shape']['n_positions']} on {rec['corpus']} | {rec['eval']['loss']:.3f} |")
+
+
+HF_IMPORT = Table("## Hugging Face import, then eval", """`python -m benchmarks.hf_import`: a GPT-2-small-sized
+`GPT2LMHeadModel` from a random config (`save_pretrained`, float32 safetensors) with a byte-level
+tokenizer.json; `lmjax import` and then `lmjax eval` timed from launch to exit, each in a fresh
+process (the eval includes tokenizing the corpus with the imported tokenizer and compiling). The
+loss of a random model is about ln 50257 = 10.8.
+
+| date | host | model | import s | eval s | eval tokens | loss |
+|---|---|---|---|---|---|---|
+""", _hf_import_row)
+
 HARNESS = Table(None, RESULTS_HEADER, results_row)
 
 

@@ -55,6 +55,7 @@ REMAT_POLICIES = ("nothing", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "linear", "constant")
 NONFINITE = ("halt", "skip")
+OPTIMIZERS = ("adamw", "muon")
 # Token ids are stored as uint16/uint32 and batched as int32: ids must fit int32.
 MAX_VOCAB = 2**31
 
@@ -332,7 +333,12 @@ class TrainConfig:
     warmup_steps: int = key(100, "linear warm-up", minimum=0)
     schedule: str = key("cosine", "decay after warm-up", choices=SCHEDULES)
     min_lr_ratio: float = key(0.1, "final lr as a share of the peak")
-    weight_decay: float = key(0.1, "AdamW decay, on matrices only")
+    optimizer: str = key("adamw", "'adamw', or 'muon': optax.contrib.muon (orthogonalised momentum) "
+                         "for the weight matrices of the blocks at muon_lr, AdamW at lr for the rest "
+                         "(embeddings, head, norms, biases; undecayed)", choices=OPTIMIZERS)
+    muon_lr: float = key(0.02, "optimizer='muon': peak learning rate of the blocks' matrices (same "
+                         "warmup and decay as lr)")
+    weight_decay: float = key(0.1, "AdamW decay, on matrices only (muon: on the blocks' matrices)")
     b1: float = key(0.9, "AdamW beta1")
     b2: float = key(0.95, "AdamW beta2")
     grad_clip: float = key(1.0, "global-norm clipping; 0 disables")

@@ -173,3 +173,33 @@ def test_workdir_check_treats_keys_added_later_as_defaults(tmp_path):
     cfg["model"]["width"] = 512
     with pytest.raises(ConfigError, match="config.model.width: 256 -> 512"):
         check_workdir(Workdir(tmp_path), cfg, force=False)
+
+
+def test_muon_orthogonalises_block_matrices_only_and_shards_like_one_device(tmp_path):
+    """config.train.optimizer='muon': Muon for the blocks' kernels ([in, out], or stacked with a
+    layer batch axis under scan_layers), AdamW for embeddings, head, norms and biases; it learns,
+    and a sharded run follows the 1-device one."""
+    from lmjax.models import ModelConfig, init_params
+    from lmjax.training.optimizer import muon_dimensions
+
+    for scan in (False, True):
+        cfg = ModelConfig(vocab_size=50, max_len=16, num_layers=2, num_heads=2, width=16,
+                          tie_embeddings=False, bias=True, scan_layers=scan)
+        dims = muon_dimensions(jax.eval_shape(lambda c=cfg: init_params(c, jax.random.key(0))))
+        flat = {jax.tree_util.keystr(p): d for p, d in jax.tree_util.tree_flatten_with_path(
+            dims, is_leaf=lambda x: x is None or hasattr(x, "reduction_axis"))[0]}
+        muon = {k for k, d in flat.items() if d is not None}
+        block = "['blocks']" if scan else "['block_0']"
+        assert f"{block}['attn']['query']['kernel']" in muon and f"{block}['mlp']['down']['kernel']" in muon
+        assert not any(s in k for k in muon for s in ("embedding", "unembed", "norm", "bias"))
+        assert len(muon) == (6 if scan else 12)  # q, k, v, out, up, down per block
+        if scan:
+            assert flat["['blocks']['mlp']['up']['kernel']"] == (1, 2)  # axis 0: layers, a batch axis
+    single, sharded = tmp_path / "one", tmp_path / "eight"
+    c = tiny_config(optimizer="muon", muon_lr=0.02)
+    c.mesh.update(mesh(1, 1, 1))
+    train(c, single, progress=False, devices=jax.devices()[:1])
+    c.mesh.update(mesh(2, 2, 2))
+    train(c, sharded, progress=False)
+    assert losses(single)[-1] < losses(single)[0] - 0.5
+    np.testing.assert_allclose(losses(sharded), losses(single), rtol=1e-4)

@@ -81,6 +81,8 @@ def tree_shardings(mesh: Mesh, boxed_abstract_tree):
     shapes = nn.unbox(boxed_abstract_tree)
 
     def fit(spec, x):
+        if not hasattr(x, "shape"):  # an empty optimizer-state node (optax's MaskedNode, Muon's)
+            return x
         if not isinstance(spec, P):
             return NamedSharding(mesh, P())
         parts = []
