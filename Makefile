@@ -31,8 +31,12 @@ install: $(VENV)/.installed
 train: install
 	$(BIN)/lmjax train $(ARGS)
 
+# Two pytest workers (pytest-xdist): compiles and subprocess start-ups are single-threaded, so two
+# at once on 2 cores took the suite from 13.3 to 9.2 minutes. PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
+
 test: install $(VENV)/.installed-hf
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info
