@@ -103,6 +103,16 @@ def test_export_then_import_is_bitwise(exported, tmp_path):
     assert b.step == 0
 
 
+def test_import_overrides_apply_over_lmjax_json(exported, tmp_path):
+    name, workdir, out = exported
+    if name != "gpt2":
+        pytest.skip("one run is enough")
+    import_dir(out, tmp_path / "w", overrides={"data": {"val_fraction": 0.2}, "train": {"steps": 9}})
+    saved = json.loads((tmp_path / "w" / "config.json").read_text())
+    assert saved["data"]["val_fraction"] == 0.2 and saved["train"]["steps"] == 9
+    assert saved["data"]["tokenizer"] == "char"  # the exported run's tokenizer, from lmjax.json
+
+
 def test_sharded_bfloat16_export_loads(exported, tmp_path):
     name, workdir, _ = exported
     if name != "llama_gqa":

@@ -31,6 +31,7 @@ INDEX = "model.safetensors.index.json"
 # length); config.train.seq_len overrides it.
 IMPORT_MAX_SEQ_LEN = 4096
 EXPORT_DTYPES = ("float32", "bfloat16")
+TOKENIZER_KEYS = ("tokenizer", "vocab_size", "sp_model_type", "tokenizer_path")  # of config.data
 
 
 def need_extra(command: str) -> None:
@@ -155,8 +156,9 @@ def _import_tokenizer(src: Path, workdir: Path, vocab_size: int, lmjax_json: dic
     else its tokenizer.json, copied into the workdir."""
     from lmjax.data.tokenizers import HfTokenizer, tokenizer_from_json
 
-    if lmjax_json is not None:
-        return tokenizer_from_json(lmjax_json["tokenizer"]), dict(lmjax_json["config"]["data"])
+    if lmjax_json is not None:  # the keys that fix the tokenizer; the rest of config.data is the user's
+        data = lmjax_json["config"]["data"]
+        return tokenizer_from_json(lmjax_json["tokenizer"]), {k: data[k] for k in TOKENIZER_KEYS if k in data}
     if not (src / "tokenizer.json").exists():
         raise ConversionError(
             f"{src} has no tokenizer.json; save the model's tokenizer beside it: python -c \"import sys, "
@@ -174,7 +176,7 @@ def import_dir(src: str | os.PathLike, workdir: str | os.PathLike, *, overrides:
     """A Hugging Face GPT-2 or LLaMA directory -> a new lmjax workdir holding a step-0 checkpoint.
 
     `overrides`: {'train': {'steps': 200}, 'data': {'corpus': ...}, ...}, applied last; model keys
-    that config.json fixes may not change. Returns {'layout', 'params', 'config'}."""
+    that config.json fixes may not change. Returns {'layout', 'params', 'seq_len', 'tokenizer'}."""
     import jax
     import jax.numpy as jnp
 
