@@ -7,7 +7,8 @@
 Training batches are random token ids [batch_size, seq_len + 1] drawn once on the host
 (vocabulary `config.data.vocab_size`, or 256 when the config derives its vocabulary from a
 tokenizer) and placed on the mesh once, so the training figures are those of the model and
-optimiser; the data pipeline is timed on its own. Measured:
+optimiser; the data pipeline is timed on its own. With config.train.replicas = K > 1 the batch is
+[K, batch_size, seq_len + 1] and tokens/s counts every replica's tokens. Measured:
 
 - time to first step: make_mesh + make_setup + init_state + the first train_step (compile
   included), synchronised with block_until_ready;
@@ -90,8 +91,10 @@ def abstract_batch(config, mesh):
 
     from lmjax.training import sharding
 
+    K = config.train.replicas
     shape = (config.train.batch_size, config.train.seq_len + 1)
-    return jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding.batch_sharding(mesh))
+    return jax.ShapeDtypeStruct((K, *shape) if K > 1 else shape, jnp.int32, sharding=sharding.batch_sharding(
+        mesh, sharding.replica_axis(mesh, K), K))
 
 
 def peak_memory(devices) -> int | None:
@@ -236,19 +239,20 @@ def _first_step(config, devices, vocab: int, seed: int):
     from lmjax.training.steps import make_setup
 
     tc = config.train
+    shape = (tc.batch_size, tc.seq_len + 1)
     host_batch = np.random.default_rng(seed).integers(
-        0, vocab, size=(tc.batch_size, tc.seq_len + 1), dtype=np.int32)
+        0, vocab, size=(tc.replicas, *shape) if tc.replicas > 1 else shape, dtype=np.int32)
     t0 = time.perf_counter()
     mesh = sharding.make_mesh(config.mesh, devices)
-    sharding.check_batch(tc.batch_size, tc.grad_accum, mesh, jax.process_count())
+    sharding.check_batch(tc.batch_size, tc.grad_accum, mesh, jax.process_count(), tc.replicas)
     setup = make_setup(config, vocab_size=vocab, mesh=mesh)
-    batch = sharding.global_batch(host_batch, mesh)
-    state = jax.block_until_ready(setup.init_state(jax.random.key(seed)))
+    batch = setup.put_batch(host_batch)
+    state = jax.block_until_ready(setup.init_state(seed))
     t_init = time.perf_counter()
     state, metrics = jax.block_until_ready(setup.train_step(state, batch))
     t_first = time.perf_counter()
     _log(f"first step after {t_first - t0:.2f} s (setup + init {t_init - t0:.2f} s), "
-         f"loss {float(metrics['loss']):.3f}")
+         f"loss {float(np.mean(metrics['loss'])):.3f}")
     return mesh, setup, batch, state, t_init - t0, t_first - t0
 
 
@@ -265,7 +269,7 @@ def _time_steps(setup, state, batch, *, warmup: int, steps: int):
         t = time.perf_counter()
         state, metrics = jax.block_until_ready(setup.train_step(state, batch))
         times.append(time.perf_counter() - t)
-    return state, np.asarray(times), float(metrics["loss"])
+    return state, np.asarray(times), float(np.mean(metrics["loss"]))
 
 
 def _cpu_matmul_now(devices, peak: float) -> float | None:
@@ -323,7 +327,7 @@ def run_benchmark(config, *, steps: int, warmup: int, sample_tokens: int, device
     state, times, loss = _time_steps(setup, state, batch, warmup=warmup, steps=steps)
     step_s = float(np.median(times))
     model_cfg = setup.model_cfg
-    tokens_per_step = tc.batch_size * tc.seq_len
+    tokens_per_step = tc.batch_size * tc.seq_len * tc.replicas  # every replica's
     tok_s = tokens_per_step / step_s
     flops_tok = flops_per_token(model_cfg, tc.seq_len)
     peak = hardware.peak_flops(devices)
@@ -334,7 +338,8 @@ def run_benchmark(config, *, steps: int, warmup: int, sample_tokens: int, device
          f"{tok_s:,.0f} tokens/s, MFU {tok_s * flops_tok / peak:.1%}")
     if model_cfg.family not in config_lib.CAUSAL:  # the encoder fills masks; it does not sample
         sample_tokens = 0
-    sampling = measure_sampling(model_cfg, state.params, min(sample_tokens, tc.seq_len - SAMPLE_PROMPT_LEN))
+    params = state.params if tc.replicas == 1 else jax.tree.map(lambda x: x[0], state.params)
+    sampling = measure_sampling(model_cfg, params, min(sample_tokens, tc.seq_len - SAMPLE_PROMPT_LEN))
     mem_after = peak_memory(devices)
     data_fig = measure_data_iterator(data, config, mesh) if data is not None else None
     ckpt_fig = None

@@ -330,6 +330,9 @@ class TrainConfig:
     seq_len: int = key(128, "tokens per sequence (the context length)", minimum=1, identity=True)
     lr: float = key(1e-3, "peak learning rate")
     seed: int = key(0, "initialisation, batches and dropout")
+    replicas: int = key(1, "independently initialised copies of the model trained together in one "
+                        "jitted step (seeds seed..seed+replicas-1, each with its own batches): "
+                        "several seeds for the price of one compile", minimum=1, identity=True)
     warmup_steps: int = key(100, "linear warm-up", minimum=0)
     schedule: str = key("cosine", "decay after warm-up", choices=SCHEDULES)
     min_lr_ratio: float = key(0.1, "final lr as a share of the peak")
@@ -391,6 +394,9 @@ class Config:
     sample: SampleConfig
 
     def __post_init__(self):  # checks that span sections
+        if self.train.replicas > 1 and self.model.family == "ngram":
+            raise ConfigError("config.train.replicas is for models trained by steps; an n-gram model is "
+                              "counted, and every seed counts the same: set replicas=1")
         if self.train.loss_chunk and self.model.family == "encoder":
             raise ConfigError("config.train.loss_chunk is for next-token losses; the encoder's masked-LM "
                               "loss scores few positions: set loss_chunk=0")

@@ -69,10 +69,18 @@ class Run:
     model_cfg: ModelConfig
     finetune: config_lib.FinetuneConfig | None = None  # set for a classifier from `lmjax finetune`
     labels: tuple[str, ...] = ()  # the classifier's labels, in the order of its outputs
+    # Of a run of config.train.replicas > 1: which one this is. `config` is then that replica's
+    # own (replicas=1, seed=its seed), so evaluate() and finetune see one ordinary run.
+    replica: int | None = None
 
     @property
     def metrics(self) -> History:
-        return History(Workdir(self.workdir).metrics())
+        """Logged metrics; of one replica, its own values under the usual names (`loss` is its
+        loss, not the replicas' mean)."""
+        rows = Workdir(self.workdir).metrics()
+        if self.replica is not None:
+            rows = [replica_row(r, self.replica) for r in rows]
+        return History(rows)
 
     def generate(self, prompts: str | Sequence[str], *, max_new_tokens: int | None = None,
                  temperature: float | None = None, top_k: int | None = None,
@@ -187,6 +195,12 @@ class Run:
         return evaluate(setup, self.params, data.val, **kw)
 
 
+def replica_row(row: dict, k: int) -> dict:
+    """A metrics row of a replicated run as replica k's own: `<name>_replicas[k]` -> `<name>`."""
+    own = {name[:-len("_replicas")]: values[k] for name, values in row.items() if name.endswith("_replicas")}
+    return {name: own.get(name, v) for name, v in row.items() if not name.endswith("_replicas")}
+
+
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _forward(cfg, params, tokens_BL):
     return build(cfg).apply({"params": params}, tokens_BL)
@@ -210,8 +224,10 @@ def _runnable_here(config: config_lib.Config) -> config_lib.Config:
     return config
 
 
-def load(workdir: str | Path, step: int | None = None) -> Run:
-    """Load the run in `workdir` (the latest checkpoint, or `step`) onto this machine."""
+def load(workdir: str | Path, step: int | None = None, replica: int | None = None) -> Run:
+    """Load the run in `workdir` (the latest checkpoint, or `step`) onto this machine. Of a run
+    of config.train.replicas=K models, `replica` k (0..K-1; default 0) is the one of seed
+    `seed + k`."""
     from lmjax.training.steps import make_setup
 
     workdir = Path(workdir)
@@ -227,6 +243,10 @@ def load(workdir: str | Path, step: int | None = None) -> Run:
     cfg_dict, tok_json = ckpt.restore_meta(step)
     ft_dict = cfg_dict.pop("finetune", None)  # a classifier from `lmjax finetune`
     config = _runnable_here(config_lib.resolve(cfg_dict))
+    replicas = config.train.replicas
+    if replica is not None and not 0 <= replica < replicas:
+        raise LmjaxError(f"{workdir} holds {replicas} replica(s) (config.train.replicas={replicas}); "
+                         f"replica={replica} is not one of 0..{replicas - 1}")
     tokenizer = tokenizer_from_json(tok_json)
     model_cfg = config.model.replace(vocab_size=model_vocab_size(config.model, tokenizer.vocab_size))
     if ft_dict is not None:
@@ -251,4 +271,9 @@ def load(workdir: str | Path, step: int | None = None) -> Run:
         setup = make_setup(config, vocab_size=tokenizer.vocab_size, mesh=_one_device_mesh())
         params = ckpt.restore_state(step, setup.abstract_state).params
     ckpt.close()
-    return Run(workdir, step, config, params, tokenizer, model_cfg)
+    if replicas == 1:
+        return Run(workdir, step, config, params, tokenizer, model_cfg)
+    k = replica or 0
+    params = jax.tree.map(lambda x: x[k], params)
+    own = dataclasses.replace(config, train=dataclasses.replace(config.train, replicas=1, seed=config.train.seed + k))
+    return Run(workdir, step, own, params, tokenizer, model_cfg, replica=k)

@@ -479,3 +479,47 @@ def test_provenance_columns_and_produced_by(stale_report):
     assert set(lines[0].split(": ", 1)[1].split(", ")) == {r.name for r in sweep[1:]}
     assert lines[1].startswith("- not recorded") and lines[1].endswith(
         ": " + ", ".join(sorted([sweep[0].name, "retired_L2_W96"], key=lambda n: float(by_run[n]["params"]))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs of several seeds (config.train.replicas)
+
+
+def test_bootstrap_with_seed_noise_widens_the_interval():
+    C = np.logspace(12, 16, 6)
+    L = PowerLaw(0.0, 30.0, 0.12)(C)  # a pure power law: the E=0 fit goes through every point
+    rng = np.random.default_rng(0)
+    # Three seeds per point, 3% apart, centred on the law: the means are the law itself.
+    seeds = [list(l * (1 + 0.03 * (x - x.mean()) / x.std())) for l, x in
+             ((l, rng.standard_normal(3)) for l in L)]
+    np.testing.assert_allclose([np.mean(s) for s in seeds], L)
+    plain = bootstrap(C, L, n=300, seed=0, E=0.0)
+    noisy_iv = bootstrap(C, L, n=300, seed=0, E=0.0, seeds=seeds)
+    width = lambda iv: iv["alpha"][1] - iv["alpha"][0]  # noqa: E731
+    assert width(plain) < 1e-6 < 0.005 < width(noisy_iv)  # exact points: no spread without seeds
+    assert dict(noisy_iv) == dict(bootstrap(C, L, n=300, seed=0, E=0.0, seeds=seeds))
+    # Runs of one seed (None, or a single value) resample as before.
+    assert dict(bootstrap(C, L, n=50, seed=1, seeds=[None] * C.size)) == dict(bootstrap(C, L, n=50, seed=1))
+
+
+def test_report_of_seeded_runs(tmp_path):
+    from lmjax.analysis.report import write_report
+
+    exp = tmp_path / "experiments" / "seeded"
+    runs = exp / "runs" / "cpu"
+    exp.mkdir(parents=True)
+    for layers, width, steps in SIZES:
+        wd = write_run(runs, f"mha_L{layers}_W{width}", attention="mha", layers=layers, width=width,
+                       steps=steps, law=TRUE["mha"])
+        rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
+        mean = rows[-1]["val_loss"]
+        rows[-1]["val_loss_replicas"] = [mean - 0.01, mean, mean + 0.01]
+        (wd / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = write_report(exp, bootstrap_n=100)
+    df = out["results"]
+    assert list(df["seeds"]) == [3] * 4
+    np.testing.assert_allclose(df["val_loss_sd"], 0.01)
+    assert "val loss (mean ± sd of seeds)" in out["results_md"] and "± 0.0100" in out["results_md"]
+    assert out["fits"]["mha"]["seeds"] == [3] * 4
+    assert "within each run, of its seeds" in out["fits_md"]
+    assert "val_loss_seeds" in (exp / "report" / "results.csv").read_text().splitlines()[0]

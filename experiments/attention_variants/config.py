@@ -11,8 +11,10 @@ training tokens per non-embedding parameter (Chinchilla's 20), so every run's st
 its own parameter count (`budget_steps`): the variants with fewer key/value parameters train on
 proportionally fewer tokens.
 
-`cpu`: 5 variants x 4 tiny sizes = 20 runs, byte-level Python stdlib (no download), context 128.
-Sized to fit in under 2 hours on a 2-core CPU (see `--dry-run` for the estimate).
+`cpu`: 5 variants x 4 tiny sizes = 20 runs, byte-level Python stdlib (no download), context 128,
+each run SEEDS seeds trained together (config.train.replicas: one program, the seeds' losses in
+each run's metrics, their mean and spread in the report). Sized to fit in about an hour on a
+2-core CPU (see `--dry-run` for the estimate).
 `gpu`: the same variants at widths 256..1024, context 1024, bfloat16 compute.
 
 Runs land in experiments/attention_variants/runs/<arg>/<run name>/.
@@ -21,6 +23,7 @@ Runs land in experiments/attention_variants/runs/<arg>/<run name>/.
 from lmjax.config import base_config
 
 TOKENS_PER_PARAM = 20
+SEEDS = 3  # per run of the cpu sweep: seeds 0, 1, 2
 
 VARIANTS = {
     "mha": {"model.attention": "mha"},
@@ -61,7 +64,7 @@ def get_config(arg="cpu"):
                    eval_batches=16, checkpoint_every=250)
     c.sample.prompt = ""
     if arg == "cpu":
-        c.train.update(batch_size=16, seq_len=128)
+        c.train.update(batch_size=16, seq_len=128, replicas=SEEDS)
     else:
         c.model.dtype = "bfloat16"
         c.train.update(batch_size=64, seq_len=1024, lr=1e-3, warmup_steps=200, eval_every=1000,

@@ -38,11 +38,21 @@ def fit_all(df: pd.DataFrame, *, bootstrap_n: int = 1000, seed: int = SEED, ci: 
         sub = pts[group[pts.index] == g]
         if not len(sub) and (g.endswith("unknown") or g in counted):
             continue  # runs without a config.json yet (pending, or failed before starting)
+        seeds = _seeds(sub)
         res = fits_lib.fit_variant(sub["compute"].to_numpy(float), sub["val_loss"].to_numpy(float),
-                                   bootstrap_n=bootstrap_n, seed=seed, ci=ci)
+                                   bootstrap_n=bootstrap_n, seed=seed, ci=ci, seeds=seeds)
         res["runs"] = sub["run"].tolist()
+        if seeds is not None:  # seeds per run, as the bootstrap resampled them
+            res["seeds"] = [len(s) if s else 1 for s in seeds]
         out[g] = res
     return out
+
+
+def _seeds(sub: pd.DataFrame):
+    """Each run's per-seed losses for the bootstrap, or None when every run has one seed."""
+    if "val_loss_seeds" not in sub or not sub["val_loss_seeds"].map(lambda s: isinstance(s, list)).any():
+        return None
+    return [s if isinstance(s, list) else None for s in sub["val_loss_seeds"]]
 
 
 def frontier(df: pd.DataFrame, cv: pd.DataFrame) -> list[dict]:

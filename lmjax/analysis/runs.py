@@ -22,14 +22,15 @@ from lmjax.workdir import Workdir, number
 RESULT_COLUMNS = [
     "arg", "run", "variant", "status", "attention", "num_kv_heads", "window", "num_layers",
     "width", "params", "params_non_embedding", "steps", "batch_size", "seq_len", "final_step",
-    "tokens", "flops_per_token", "compute", "compute_6nd", "val_loss", "val_bits_per_byte",
+    "tokens", "flops_per_token", "compute", "compute_6nd", "val_loss", "seeds", "val_loss_sd",
+    "val_loss_seeds", "val_bits_per_byte",
     "val_perplexity", "wall_time", "tokens_per_s", "mfu", "error", "workdir",
 ]
 # Added to the results only when at least one run's run.json records its provenance.
 PROVENANCE_COLUMNS = ["code_commit", "host"]
 CURVE_COLUMNS = ["arg", "run", "variant", "status", "step", "tokens", "compute", "val_loss",
                  "val_bits_per_byte", "val_perplexity"]
-INT_COLUMNS = ("num_kv_heads", "window", "num_layers", "width", "steps", "batch_size", "seq_len")
+INT_COLUMNS = ("num_kv_heads", "window", "num_layers", "width", "steps", "batch_size", "seq_len", "seeds")
 
 
 class NoRunsError(LmjaxError):
@@ -217,6 +218,13 @@ def _curve(base: dict, evals: list[dict], tokens_per_step: float, flops_tok: flo
     return out
 
 
+def _seed_losses(eval_row: dict) -> list[float]:
+    """The final val_loss of each replica (seed) of a run of config.train.replicas > 1 (its
+    `val_loss` is their mean); [] for a run of one seed."""
+    values = [number(v) for v in eval_row.get("val_loss_replicas") or []]
+    return values if values and all(math.isfinite(v) for v in values) else []
+
+
 def _median(rows: list[dict], key: str) -> float:
     vals = [v for v in (number(r.get(key)) for r in rows) if math.isfinite(v)]
     return statistics.median(vals) if vals else math.nan
@@ -248,6 +256,7 @@ def load_run(exp: Path, arg: str, name: str, path: Path, config_hash: str = "") 
     train_rows = [r for r in metrics if "tokens_per_s" in r]
     tokens = number((info or {}).get("train_tokens")) if counted else final_step * tokens_per_step
     n_ne = number((info or {}).get("params_non_embedding"))
+    seeds = _seed_losses(last_eval)
     row = {
         "arg": arg, "run": name, "variant": variant, "status": status,
         "attention": _get(config, "model.attention"),
@@ -261,6 +270,9 @@ def load_run(exp: Path, arg: str, name: str, path: Path, config_hash: str = "") 
         "tokens": tokens, "flops_per_token": flops_tok, "compute": flops_tok * tokens,
         "compute_6nd": math.nan if counted else 6.0 * n_ne * tokens,
         "val_loss": number(last_eval.get("val_loss")),
+        "seeds": len(seeds) or (1 if config else None),
+        "val_loss_sd": statistics.stdev(seeds) if len(seeds) > 1 else math.nan,
+        "val_loss_seeds": seeds or None,
         "val_bits_per_byte": number(last_eval.get("val_bits_per_byte")),
         "val_perplexity": number(last_eval.get("val_perplexity")),
         "wall_time": _wall_time(result),

@@ -23,12 +23,20 @@ def markdown_table(df: pd.DataFrame) -> str:
     headers = (["arg"] if several else []) + [
         "run", "variant", "layers x width", "params", "non-emb params", "tokens", "compute (FLOPs)",
         "6ND", "val loss", "val bits/byte", "wall time", "tokens/s", "status"]
+    seeded = bool((df["seeds"].fillna(1) > 1).any())
+    if seeded:  # runs of several replicas: their mean, the seeds' standard deviation and count
+        headers[headers.index("val loss")] = "val loss (mean ± sd of seeds)"
+        headers.insert(headers.index("val bits/byte"), "seeds")
     rows = []
     for r in df.itertuples(index=False):
         shape = f"{r.num_layers} x {r.width}" if not (pd.isna(r.num_layers) or pd.isna(r.width)) else ""
+        loss = fixed(r.val_loss, ".4f")
+        if seeded and math.isfinite(r.val_loss_sd):
+            loss += f" ± {r.val_loss_sd:.4f}"
         rows.append(([r.arg] if several else []) + [
             r.run, r.variant, shape, si(r.params), si(r.params_non_embedding), si(r.tokens),
-            sci(r.compute), sci(r.compute_6nd), fixed(r.val_loss, ".4f"), fixed(r.val_bits_per_byte, ".4f"),
+            sci(r.compute), sci(r.compute_6nd), loss] + ([str(r.seeds) if not pd.isna(r.seeds) else ""] if seeded else []) + [
+            fixed(r.val_bits_per_byte, ".4f"),
             duration(r.wall_time), fixed(r.tokens_per_s, ",.0f"), r.status])
     text = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
     failed = df[df["status"] == "failed"]
@@ -81,10 +89,13 @@ def fits_markdown(fitted: dict, front: list[dict], *, bootstrap_n: int, seed: in
     """fits.md: the per-group fits table, then which variant holds the frontier where."""
     from tabulate import tabulate
 
-    intervals = (f"{ci:.0%} percentile bootstrap, {bootstrap_n} resamples of the runs, seed {seed}"
+    seeded = any(f.get("seeds") for f in fitted.values())
+    of = "of the runs and, within each run, of its seeds" if seeded else "of the runs"
+    intervals = (f"{ci:.0%} percentile bootstrap, {bootstrap_n} resamples {of}, seed {seed}"
                  if bootstrap_n > 0 else "none (--bootstrap 0)")
     head = (f"Power-law fits L(C) = E + A * C^-alpha, C = training FLOPs (flops_per_token * tokens), "
-            f"over the final val_loss of each completed (`done`) run: points = completed runs; least "
+            f"over the final val_loss of each completed (`done`) run (the mean of its seeds): points = "
+            f"completed runs; least "
             f"squares on log L. Intervals: {intervals}.\n\n")
     rows = []
     for g, f in fitted.items():

@@ -76,6 +76,8 @@ def _define_flags(command: str, fv: flags.FlagValues) -> None:
         return
     flags.DEFINE_string("workdir", None, "Run folder written by `lmjax train`.", flag_values=fv)
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=fv)
+    flags.DEFINE_integer("replica", None, "Of a run of config.train.replicas models, which one "
+                         "(0-based; default 0).", flag_values=fv)
     if command == "export":
         flags.DEFINE_string("out", None, "New folder for the Hugging Face directory.", flag_values=fv)
         flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Tensor dtype of the weights.",
@@ -164,7 +166,7 @@ def _load(fv):
 
     if not fv.workdir:
         raise ConfigError("--workdir is required: the folder of a run written by `lmjax train`")
-    return lmjax.load(fv.workdir, step=fv.step)
+    return lmjax.load(fv.workdir, step=fv.step, replica=fv.replica)
 
 
 def _reporter() -> bool:
@@ -213,7 +215,7 @@ def run_export(fv) -> int:
     if not fv.workdir or not fv.out:
         raise ConfigError("lmjax export needs --workdir (a run) and --out (a new folder)")
     out = export_run(fv.workdir, fv.out, step=fv.step, max_shard_size=_size(fv.max_shard_size),
-                     dtype=fv.dtype)
+                     dtype=fv.dtype, replica=fv.replica)
     print(json.dumps({"out": fv.out, **out}))
     return 0
 

@@ -46,9 +46,10 @@ def need_extra(command: str) -> None:
 
 
 def export_run(workdir: str | os.PathLike, out: str | os.PathLike, *, step: int | None = None,
-               max_shard_size: str | int = "5GB", dtype: str = "float32") -> dict:
-    """Write the run in `workdir` (latest checkpoint, or `step`) as a Hugging Face directory `out`
-    (which must not exist yet, or be empty). Returns {'layout', 'files', 'params'}."""
+               max_shard_size: str | int = "5GB", dtype: str = "float32", replica: int | None = None) -> dict:
+    """Write the run in `workdir` (latest checkpoint, or `step`; of a run of several replicas,
+    `replica`, default 0) as a Hugging Face directory `out` (which must not exist yet, or be
+    empty). Returns {'layout', 'files', 'params'}."""
     need_extra("lmjax export")
     import lmjax
     from huggingface_hub import split_state_dict_into_shards_factory
@@ -64,7 +65,7 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike, *, step: int 
     saved = Workdir(workdir).config()
     if saved is not None and "finetune" not in saved:  # refuse before restoring anything
         layout_for(config_lib.resolve(saved).model)
-    run = lmjax.load(workdir, step)
+    run = lmjax.load(workdir, step, replica=replica)
     if run.finetune is not None:
         raise ConfigError(f"{workdir} is a classifier fine-tuned by `lmjax finetune`; export its pretrained "
                           f"run ({run.finetune.init}) instead")

@@ -30,15 +30,16 @@ def model_config(config, vocab: int | None = None):
 
 
 def estimate(config) -> dict:
-    """Parameters, tokens and training FLOPs of one resolved config (no compute). An n-gram
-    model counts its train split once (its size is known only then): 0 parameters and FLOPs."""
+    """Parameters, tokens and training FLOPs of one resolved config (no compute), the tokens and
+    FLOPs of all its replicas (config.train.replicas) together. An n-gram model counts its train
+    split once (its size is known only then): 0 parameters and FLOPs."""
     from lmjax.models import flops_per_token, param_count
 
     vocab, exact = vocab_size(config)
     mc = model_config(config, vocab)
     t = config.train
     neural = mc.family in config_lib.NEURAL
-    tokens = int(t.steps) * int(t.batch_size) * int(t.seq_len) if neural else 0
+    tokens = int(t.steps) * int(t.batch_size) * int(t.seq_len) * int(t.replicas) if neural else 0
     fpt = flops_per_token(mc, int(t.seq_len)) if neural else 0.0
     return {
         "params": param_count(mc) if neural else 0,

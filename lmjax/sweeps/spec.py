@@ -17,6 +17,10 @@ keyword arguments, a key's last part when that is unique in the schema (`width`,
 labelled bundles, `size={"s64": {"model.num_layers": 2, "model.width": 64}, ...}`: each label is
 one point that sets several keys, and the run name shows `size-s64`.
 
+Seeds: set `config.train.replicas = K` in `get_config` rather than sweeping `train.seed`: each
+run then trains seeds seed..seed+K-1 in one program (faster than K runs at small sizes), and
+`lmjax report` shows each point's mean and spread and carries the seed noise into the fits.
+
 Run names come from the points' labels, in axis order: `attention-gqa_size-s64`. Keys added with
 `derive(sweep, fn)` (values computed from the other overrides, e.g. steps from a token budget)
 are applied but do not appear in the name. `expand(config_path, arg)` returns one `SweepRun` per

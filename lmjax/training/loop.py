@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -32,27 +33,35 @@ from lmjax.workdir import Workdir
 def evaluate(setup: Setup, params, tokens: np.ndarray, *, batch_size: int, seq_len: int,
              max_batches: int, tokens_per_byte: float) -> dict:
     """Held-out loss (nats/token), perplexity and bits per byte over `max_batches` (0: all); for
-    the encoder, the masked-LM loss and accuracy over fixed masks (`masked_loss`, ...)."""
+    the encoder, the masked-LM loss and accuracy over fixed masks (`masked_loss`, ...). With
+    replicas, each figure is the replicas' mean and `<name>_replicas` lists them."""
     sums = []
     overlap = eval_overlap(setup.model_cfg)
     batches = eval_batches(tokens, batch_size=batch_size, seq_len=seq_len, max_batches=max_batches,
                            overlap=overlap, process_index=jax.process_index(),
                            process_count=jax.process_count())
+    put = functools.partial(sharding.global_batch, mesh=setup.mesh, sharding=setup.eval_batch_sharding)
     for index, (batch, weights) in enumerate(batches):
         # One batch in flight at a time: independent multi-device programs queued together can
         # reach their all-reduces in different orders on different devices (XLA:CPU deadlocked
         # on a whole-split eval over 8 devices).
-        sums.append(jax.block_until_ready(setup.eval_step(
-            params, sharding.global_batch(batch, setup.mesh), sharding.global_batch(weights, setup.mesh),
-            np.int32(index))))
-    loss_sum, count, correct, loss_L, count_L = (sum(x) for x in zip(*jax.device_get(sums)))
+        sums.append(jax.block_until_ready(setup.eval_step(params, put(batch), put(weights), np.int32(index))))
+    totals = [np.sum(np.stack(x), axis=0) for x in zip(*jax.device_get(sums))]
+    summary = functools.partial(_eval_summary, setup.model_cfg.family, overlap, tokens_per_byte)
+    if setup.replicas == 1:
+        return summary(*totals)
+    return combine_replicas([summary(*(t[k] for t in totals)) for k in range(setup.replicas)])
+
+
+def _eval_summary(family: str, overlap: int, tokens_per_byte: float, loss_sum, count, correct, loss_L,
+                  count_L) -> dict:
     loss_sum, count, correct = float(loss_sum), float(count), float(correct)
     loss = loss_sum / max(count, 1.0)
     by_position = position_losses(loss_L, count_L)
     # With a sliding window only the split's first window scores its first `overlap` positions:
     # too few to mean anything, and every other target had its full context anyway.
     by_position[:overlap] = [None] * overlap
-    if setup.model_cfg.family == "encoder":
+    if family == "encoder":
         return {"masked_loss": loss, "masked_accuracy": correct / max(count, 1.0),
                 "masked_tokens": int(count), "loss_by_position": by_position}
     return {
@@ -65,9 +74,34 @@ def evaluate(setup: Setup, params, tokens: np.ndarray, *, batch_size: int, seq_l
     }
 
 
+def combine_replicas(per_replica: list[dict]) -> dict:
+    """One dict of figures for K replicas: each float is their mean, with the K values under
+    `<name>_replicas`; counts are the same for all; per-position lists are averaged."""
+    out = {}
+    for name, first in per_replica[0].items():
+        values = [d[name] for d in per_replica]
+        if isinstance(first, float):
+            out[name] = float(np.mean(values))
+            out[f"{name}_replicas"] = values
+        elif isinstance(first, list):
+            out[name] = [None if any(v is None for v in col) else float(np.mean(col)) for col in zip(*values)]
+        else:
+            out[name] = first
+    return out
+
+
 def position_losses(loss_sums, counts) -> list[float | None]:
     """Mean loss at each position of the window (None where nothing was scored)."""
     return [float(s) / float(c) if c > 0 else None for s, c in zip(np.asarray(loss_sums), np.asarray(counts))]
+
+
+def step_batch(data: Dataset, tc, step: int) -> np.ndarray:
+    """This process's rows of step `step`'s batch [B, L+1]; with replicas, replica k's own rows
+    (those of seed + k, as its separate run would draw them) stacked into [K, B, L+1]."""
+    rows = [train_batch(data.train, seed=tc.seed + k, step=step, batch_size=tc.batch_size,
+                        seq_len=tc.seq_len, process_index=jax.process_index(),
+                        process_count=jax.process_count()) for k in range(tc.replicas)]
+    return rows[0] if tc.replicas == 1 else np.stack(rows)
 
 
 def tokens_per_byte(data: Dataset) -> float:
@@ -225,7 +259,7 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
 
     data = prepare_once(config.data)
     mesh = sharding.make_mesh(config.mesh, devices)
-    sharding.check_batch(tc.batch_size, tc.grad_accum, mesh, jax.process_count())
+    sharding.check_batch(tc.batch_size, tc.grad_accum, mesh, jax.process_count(), tc.replicas)
     setup = make_setup(config, vocab_size=data.tokenizer.vocab_size, mesh=mesh)
 
     cfg_dict = config.to_dict()
@@ -235,7 +269,7 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
     ckpt = Checkpointer(workdir, keep=tc.keep_checkpoints)
     start = ckpt.latest_step()
     if start is None:
-        state, start = setup.init_state(jax.random.key(tc.seed)), 0
+        state, start = setup.init_state(tc.seed), 0
     else:
         check_tokenizer(ckpt, start, data, force)
         state = ckpt.restore_state(start, setup.abstract_state)
@@ -276,7 +310,7 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
         pending.clear()
         elapsed = time.perf_counter() - run["t_interval"]
         for s, r in zip(steps, rows):
-            if bool(r["finite"]):
+            if np.all(r["finite"]):  # every replica's
                 run["bad_streak"] = 0
                 continue
             run["bad_streak"] += 1
@@ -284,27 +318,34 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
                 why = ("config.train.nonfinite='halt'" if tc.nonfinite == "halt"
                        else f"{run['bad_streak']} non-finite steps in a row")
                 raise NonFiniteError(
-                    f"non-finite loss or gradients at step {s + 1} (loss={float(r['loss'])}; {why}); "
-                    "the update was not applied. Last good checkpoint: "
+                    f"non-finite loss or gradients at step {s + 1} (loss={np.asarray(r['loss']).tolist()}; "
+                    f"{why}); the update was not applied. Last good checkpoint: "
                     + (f"step {saved_step} in {ckpt.directory}" if saved_step else "none yet")
                     + ". Lower config.train.lr, or set config.train.nonfinite='skip'"
                 )
-        tok_s = len(rows) * tokens_per_step / elapsed
-        finite = [float(r["loss"]) for r in rows if bool(r["finite"])]
+        # Every replica trains tokens_per_step tokens a step: tokens/s counts them all, `tokens`
+        # is one model's (the C of a scaling law).
+        tok_s = len(rows) * tokens_per_step * tc.replicas / elapsed
+        good = [r for r in rows if np.all(r["finite"])]
+        losses = np.asarray([r["loss"] for r in good], np.float64).reshape(len(good), tc.replicas)
+        grad_norm = np.asarray(rows[-1]["grad_norm"], np.float64).reshape(tc.replicas)
         row = {
-            "loss": float(np.mean(finite)) if finite else float("nan"),
-            "grad_norm": float(rows[-1]["grad_norm"]),
-            "lr": float(rows[-1]["lr"]),
-            "skipped_steps": int(rows[-1]["skipped_steps"]),
+            "loss": float(losses.mean()) if good else float("nan"),
+            "grad_norm": float(grad_norm.mean()),
+            "lr": float(np.ravel(rows[-1]["lr"])[0]),
+            "skipped_steps": int(np.sum(rows[-1]["skipped_steps"])),
             "step_time": elapsed / len(rows),
             "tokens_per_s": tok_s,
             "model_flops_per_s": tok_s * flops_tok,
             "mfu": tok_s * flops_tok / peak,
             "tokens": done * tokens_per_step,
         }
+        if tc.replicas > 1:
+            row["loss_replicas"] = losses.mean(axis=0).tolist() if good else [float("nan")] * tc.replicas
+            row["grad_norm_replicas"] = grad_norm.tolist()
         if run["first_step_time"] is None:  # the first step's time is compile time, not speed
             run["first_step_time"] = time.perf_counter() - t_start
-            row = {"loss": row["loss"], "grad_norm": row["grad_norm"], "lr": row["lr"],
+            row = {**{k: v for k, v in row.items() if k.startswith(("loss", "grad_norm", "lr"))},
                    "time_to_first_step": run["first_step_time"]}
         writer.write(done, row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{tok_s * flops_tok / peak:.0%}")
@@ -326,10 +367,7 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
     try:
         with Preemption() as preemption:
             for step in range(start, last):
-                local = train_batch(data.train, seed=tc.seed, step=step, batch_size=tc.batch_size,
-                                    seq_len=tc.seq_len, process_index=jax.process_index(),
-                                    process_count=jax.process_count())
-                state, metrics = setup.train_step(state, sharding.global_batch(local, mesh))
+                state, metrics = setup.train_step(state, setup.put_batch(step_batch(data, tc, step)))
                 pending.append((step, metrics))
                 done = step + 1
                 bar.update(1)
@@ -363,7 +401,7 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
         if not run["save_failed"]:  # else the manager is broken; closing it only adds noise
             with contextlib.suppress(Exception):
                 ckpt.close()  # lets a good save still in flight finish
-    return {**run["final"], "step": int(jax.device_get(state.step)), "preempted": preempted,
+    return {**run["final"], "step": int(np.ravel(jax.device_get(state.step))[0]), "preempted": preempted,
             "time_to_first_step": run["first_step_time"], "wall_time": time.perf_counter() - t_start}
 
 

@@ -31,8 +31,10 @@ class MetricsWriter:
         except OSError as e:
             raise cannot_write(self.file.name, e) from e
         for k, v in row.items():
-            if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                self.tb.add_scalar(k, v, step)
+            # A list (one value per replica) becomes one curve per replica: loss_replicas/0, ...
+            for name, x in ([(f"{k}/{i}", x) for i, x in enumerate(v)] if isinstance(v, list) else [(k, v)]):
+                if k != "step" and isinstance(x, (int, float)) and math.isfinite(x):
+                    self.tb.add_scalar(name, x, step)
 
     def close(self) -> None:
         if self.enabled:
@@ -41,6 +43,8 @@ class MetricsWriter:
 
 
 def _jsonable(v):
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
     v = v.item() if hasattr(v, "item") else v
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)  # JSON has no NaN/Inf; keep them readable

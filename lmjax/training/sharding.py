@@ -62,8 +62,38 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P(BATCH_AXES))
+def replica_axis(mesh: Mesh, replicas: int) -> str | None:
+    """The mesh axis that config.train.replicas' leading axis is split over: 'data' when the
+    replicas fill it evenly (each replica's batch then splits over fsdp alone), else None (every
+    device holds every replica, the batch splits as usual). One process only: a job of several
+    would have to hand each process whole replicas' batches."""
+    spare = mesh.shape["data"] > 1 and replicas % mesh.shape["data"] == 0
+    return "data" if replicas > 1 and spare and jax.process_count() == 1 else None
+
+
+def logical_rules(replica: str | None = None) -> tuple:
+    """LOGICAL_RULES, with the batch off the mesh axis that the replicas take."""
+    if replica is None:
+        return LOGICAL_RULES
+    return tuple((name, tuple(a for a in axes if a != replica) if name == "batch" else axes)
+                 for name, axes in LOGICAL_RULES)
+
+
+def batch_axes(replica: str | None = None) -> tuple[str, ...]:
+    return dict(logical_rules(replica))["batch"]
+
+
+def batch_sharding(mesh: Mesh, replica: str | None = None, replicas: int = 1) -> NamedSharding:
+    """A batch [B, ...]; with replicas > 1, [replicas, B, ...] (one batch per replica)."""
+    lead = (replica,) if replicas > 1 else ()
+    return NamedSharding(mesh, P(*lead, batch_axes(replica)))
+
+
+def with_replicas(shardings, replica: str | None):
+    """Shardings of a replicated state: its leading replica axis over `replica`, the rest as one
+    replica's."""
+    return jax.tree.map(lambda s: NamedSharding(s.mesh, P(replica, *s.spec)) if isinstance(s, NamedSharding) else s,
+                        shardings)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -95,13 +125,17 @@ def tree_shardings(mesh: Mesh, boxed_abstract_tree):
     return jax.tree.map(fit, mesh_specs, shapes, is_leaf=lambda s: isinstance(s, P) or s is None)
 
 
-def check_batch(batch_size: int, grad_accum: int, mesh: Mesh, process_count: int = 1) -> None:
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+def check_batch(batch_size: int, grad_accum: int, mesh: Mesh, process_count: int = 1,
+                replicas: int = 1) -> None:
+    replica = replica_axis(mesh, replicas)
+    axes = batch_axes(replica)
+    shards = math.prod(mesh.shape[a] for a in axes)
     micro = batch_size // grad_accum
     if micro % shards:
         raise ConfigError(
             f"micro-batch of {micro} sequences (config.train.batch_size={batch_size} / grad_accum="
-            f"{grad_accum}) is not divisible by the {shards} data-parallel devices (mesh data*fsdp); "
+            f"{grad_accum}) is not divisible by the {shards} data-parallel devices (mesh {'*'.join(axes)}"
+            f"{'; the replicas take the data axis' if replica else ''}); "
             f"use a batch size that is a multiple of {shards * grad_accum}"
         )
     if batch_size % process_count:
@@ -110,9 +144,10 @@ def check_batch(batch_size: int, grad_accum: int, mesh: Mesh, process_count: int
         )
 
 
-def global_batch(local_batch: np.ndarray, mesh: Mesh) -> jax.Array:
-    """Assemble each process's rows into one global array sharded over the batch axes."""
-    sharding = batch_sharding(mesh)
+def global_batch(local_batch: np.ndarray, mesh: Mesh, sharding: NamedSharding | None = None) -> jax.Array:
+    """Assemble each process's rows into one global array sharded over the batch axes (or
+    `sharding`: a Setup's batch_sharding)."""
+    sharding = sharding or batch_sharding(mesh)
     if jax.process_count() == 1:
         return jax.device_put(local_batch, sharding)
     return jax.make_array_from_process_local_data(sharding, local_batch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax
@@ -57,15 +58,18 @@ def chunked_cross_entropy(x_BLD, unembed_VD, targets_BL, chunk: int):
 
 
 @contextlib.contextmanager
-def mesh_context(mesh: Mesh):
+def mesh_context(mesh: Mesh, rules=sharding.LOGICAL_RULES):
     """Tracing under this context resolves the model's logical sharding constraints."""
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         yield
 
 
 @dataclasses.dataclass
 class Setup:
-    """Everything derived from (config, vocabulary, mesh) that the loop and loaders share."""
+    """Everything derived from (config, vocabulary, mesh) that the loop and loaders share.
+
+    With config.train.replicas = K > 1 every leaf of the state, every batch ([K, B, L+1]) and every
+    metric has a leading replica axis: replica k is the run of seed `train.seed + k`."""
 
     model_cfg: ModelConfig
     model: nn.Module  # the family's model (lmjax.models.build)
@@ -73,12 +77,23 @@ class Setup:
     mesh: Mesh
     abstract_state: TrainState  # ShapeDtypeStructs carrying this mesh's shardings
     state_shardings: TrainState
-    init_state: Callable  # rng -> TrainState, placed on the mesh
+    init_state: Callable  # seed -> TrainState, placed on the mesh (replicas: seeds seed..seed+K-1)
     train_step: Callable  # (state, batch) -> (state, metrics), jitted, state donated
-    eval_step: Callable  # (params, tokens, weights) -> (loss_sum, weight_sum), jitted
+    eval_step: Callable  # (params, tokens, weights, batch index) -> sums (see make_eval_step), jitted
     # The same train step as the bare `jax.jit` object, for `.lower()` / ahead-of-time compiles;
-    # trace and lower it inside `mesh_context(mesh)`.
+    # trace and lower it inside `self.context()`.
     jit_train_step: Any = None
+    replicas: int = 1
+    rules: tuple = sharding.LOGICAL_RULES  # the logical-axis rules the steps were traced under
+    batch_sharding: Any = None  # of a train batch (replicas: [K, B, L+1])
+    eval_batch_sharding: Any = None  # of a validation batch, which every replica scores
+
+    def context(self):
+        return mesh_context(self.mesh, self.rules)
+
+    def put_batch(self, local_batch):
+        """This process's rows of a train batch (replicas: stacked [K, B, L+1]) on the mesh."""
+        return sharding.global_batch(local_batch, self.mesh, self.batch_sharding)
 
 
 def make_setup(config, *, vocab_size: int, mesh: Mesh) -> Setup:
@@ -88,53 +103,73 @@ def make_setup(config, *, vocab_size: int, mesh: Mesh) -> Setup:
     model = build(model_cfg)
     optimizer = make_optimizer(config.train)
     dummy = jnp.zeros((1, min(config.train.seq_len, 8)), jnp.int32)
+    K, seed = config.train.replicas, config.train.seed
+    replica = sharding.replica_axis(mesh, K)
+    rules = sharding.logical_rules(replica)
 
     @jax.jit  # traced once: eval_shape below and init_state's trace share it (~0.1 s a start)
-    def init_boxed(rng):
-        params = model.init(rng, dummy)["params"]  # nn.LogicallyPartitioned leaves
+    def init_boxed(seed):
+        params = model.init(jax.random.key(seed), dummy)["params"]  # nn.LogicallyPartitioned leaves
         return TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=optimizer.init(params))
 
-    rng = jax.random.key(0)  # made outside the mesh context, as init_state's caller makes it
-    with mesh_context(mesh):
-        boxed = jax.eval_shape(init_boxed, rng)
+    with mesh_context(mesh, rules):
+        boxed = jax.eval_shape(init_boxed, seed)
     # Outside the rules context: there, unboxing would add sharding constraints.
     shardings = sharding.tree_shardings(mesh, boxed)
-    abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed), shardings
-    )
-    init_state = jax.jit(lambda rng: nn.unbox(init_boxed(rng)), out_shardings=shardings)
-    train_step = jax.jit(
-        make_train_step(model, optimizer, config.train),
-        in_shardings=(shardings, sharding.batch_sharding(mesh)),
-        out_shardings=(shardings, sharding.replicated(mesh)),
-        donate_argnums=0,
-    )
-    eval_step = jax.jit(
-        make_eval_step(model, config.train.seed),
-        in_shardings=(shardings.params, sharding.batch_sharding(mesh), sharding.batch_sharding(mesh),
-                      sharding.replicated(mesh)),
-        out_shardings=sharding.replicated(mesh),
-    )
+    abstract = nn.unbox(boxed)
+    step_one = make_train_step(model, optimizer, config.train)
+    eval_one = make_eval_step(model)
+    # K > 1: one program for all replicas, vmapped over a leading axis that is split over
+    # `replica` when the mesh has devices to spare (spmd_axis_name adds it to the model's own
+    # sharding constraints). Replica k is seed + k.
+    vmap = functools.partial(jax.vmap, spmd_axis_name=replica)
+    offsets = jnp.arange(K, dtype=jnp.int32)
+    if K > 1:
+        shardings = sharding.with_replicas(shardings, replica)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct((K, *x.shape), x.dtype), abstract)
+
+    def init_state(seed):
+        init_one = lambda s: nn.unbox(init_boxed(s))  # noqa: E731
+        return init_one(seed) if K == 1 else vmap(init_one)(seed + offsets)
+
+    def train_step(state, batch):
+        return step_one(state, batch, seed) if K == 1 else vmap(step_one)(state, batch, seed + offsets)
+
+    def eval_step(params, batch, weights, index):
+        if K == 1:
+            return eval_one(params, batch, weights, index, seed)
+        return vmap(eval_one, in_axes=(0, None, None, None, 0))(params, batch, weights, index, seed + offsets)
+
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+    batch = sharding.batch_sharding(mesh, replica, K)
+    eval_batch = sharding.batch_sharding(mesh, replica)
+    init_state = jax.jit(init_state, out_shardings=shardings)
+    train_step = jax.jit(train_step, in_shardings=(shardings, batch),
+                         out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+    eval_step = jax.jit(eval_step, in_shardings=(shardings.params, eval_batch, eval_batch,
+                                                 sharding.replicated(mesh)),
+                        out_shardings=sharding.replicated(mesh))
 
     def under_mesh(fn):
         def call(*args):
-            with mesh_context(mesh):
+            with mesh_context(mesh, rules):
                 return fn(*args)
         return call
 
-    return Setup(model_cfg, model, optimizer, mesh, abstract, shardings,
-                 under_mesh(init_state), under_mesh(train_step), under_mesh(eval_step), train_step)
+    return Setup(model_cfg, model, optimizer, mesh, abstract, shardings, under_mesh(init_state),
+                 under_mesh(train_step), under_mesh(eval_step), train_step, replicas=K, rules=rules,
+                 batch_sharding=batch, eval_batch_sharding=eval_batch)
 
 
 def make_train_step(model: nn.Module, optimizer, train_cfg):
-    """Returns the pure `train_step(state, batch) -> (state, metrics)`.
+    """Returns the pure `train_step(state, batch, seed) -> (state, metrics)`.
 
     `batch` is int32 [B, L+1]. Dropout randomness is a function of (seed, step) alone, so a
-    resumed run draws the same masks as an uninterrupted one.
+    resumed run draws the same masks as an uninterrupted one. `seed` may be traced (one per
+    replica under vmap).
     """
     accum = train_cfg.grad_accum
     schedule = lr_schedule(train_cfg)
-    base_key = jax.random.key(train_cfg.seed)
     objective = objectives.for_model(model.cfg)
 
     def loss_fn(params, batch_BL1, rng, objective_key):
@@ -150,9 +185,9 @@ def make_train_step(model: nn.Module, optimizer, train_cfg):
 
     grad_fn = jax.value_and_grad(loss_fn)
 
-    def train_step(state: TrainState, batch_BL1):
-        rng = jax.random.fold_in(base_key, state.step)
-        objective_key = objectives.train_key(train_cfg.seed, state.step)
+    def train_step(state: TrainState, batch_BL1, seed):
+        rng = jax.random.fold_in(jax.random.key(seed), state.step)
+        objective_key = objectives.train_key(seed, state.step)
         if accum == 1:
             loss, grads = grad_fn(state.params, batch_BL1, rng, objective_key)
         else:
@@ -183,13 +218,13 @@ def make_train_step(model: nn.Module, optimizer, train_cfg):
     return train_step
 
 
-def make_eval_step(model: nn.Module, seed: int):
-    """`eval_step(params, batch, weights, batch_index) -> (loss sum, weight sum, correct sum,
+def make_eval_step(model: nn.Module):
+    """`eval_step(params, batch, weights, batch_index, seed) -> (loss sum, weight sum, correct sum,
     loss sums [L], weight sums [L])`: the objective's loss and its top-1 hits, overall and per
-    position in the window; the encoder's masks are fixed per batch index."""
+    position in the window; the encoder's masks are fixed per (seed, batch index)."""
     objective = objectives.for_model(model.cfg)
 
-    def eval_step(params, batch_BL1, weights_BL, batch_index):
+    def eval_step(params, batch_BL1, weights_BL, batch_index, seed):
         inputs_BL, targets_BL, weights_BL = objective(batch_BL1, objectives.eval_key(seed, batch_index),
                                                       weights_BL)
         logits_BLV = model.apply({"params": params}, inputs_BL)
