@@ -341,6 +341,8 @@ class TrainConfig:
                          "(embeddings, head, norms, biases; undecayed)", choices=OPTIMIZERS)
     muon_lr: float = key(0.02, "optimizer='muon': peak learning rate of the blocks' matrices (same "
                          "warmup and decay as lr)")
+    muon_ns_steps: int = key(5, "optimizer='muon': Newton-Schulz iterations per update (each three "
+                             "matmuls per matrix; fewer are cheaper and orthogonalise less)", minimum=1)
     weight_decay: float = key(0.1, "AdamW decay, on matrices only (muon: on the blocks' matrices)")
     b1: float = key(0.9, "AdamW beta1")
     b2: float = key(0.95, "AdamW beta2")

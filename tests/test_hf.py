@@ -238,6 +238,9 @@ def test_import_refusals(tmp_path, hf_dir):
         import_dir(tmp_path / "bert", tmp_path / "w2")
     with pytest.raises(LmjaxError, match="config.model.num_layers is fixed"):
         import_dir(out, tmp_path / "w3", overrides={"model": {"num_layers": 3}})
+    with pytest.raises(ConfigError, match="replicas=2: an import is one model"):
+        import_dir(out, tmp_path / "w5", overrides={"train": {"replicas": 2}})
+    assert not (tmp_path / "w5").exists()
     p = lmjax_cli("import", "--from", str(tmp_path / "nothing"), "--workdir", str(tmp_path / "w4"))
     assert p.returncode == 2 and len(error_lines(p.stderr)) == 1 and "config.json" in p.stderr
 

@@ -127,3 +127,16 @@ def test_replicas_bad_config():
     c = tiny_config(replicas=0)
     with pytest.raises(ConfigError, match="replicas"):
         resolve(c)
+
+
+def test_cli_eval_and_sample_one_replica(replicated, capsys):
+    from lmjax.cli.main import main
+
+    root, _, separate = replicated
+    assert main(["eval", f"--workdir={root / 'both'}", "--replica=1", "--batches=2"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["loss"] == pytest.approx(
+        separate[1]["val_loss"], rel=RTOL)
+    assert main(["sample", f"--workdir={root / 'both'}", "--replica=1", "--prompt=ab",
+                 "--max_new_tokens=4", "--temperature=0"]) == 0
+    assert main(["eval", f"--workdir={root / 'both'}", "--replica=7"]) != 0
+    assert "replica=7 is not one of 0..1" in capsys.readouterr().err

@@ -9,6 +9,7 @@ versions while a real bug (a wrong shard, a dropped micro-batch) moves the loss 
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -203,3 +204,20 @@ def test_muon_orthogonalises_block_matrices_only_and_shards_like_one_device(tmp_
     train(c, sharded, progress=False)
     assert losses(single)[-1] < losses(single)[0] - 0.5
     np.testing.assert_allclose(losses(sharded), losses(single), rtol=1e-4)
+
+
+def test_muon_ns_steps_sets_the_orthogonalisation():
+    """config.train.muon_ns_steps reaches optax's Newton-Schulz loop: more steps leave the update's
+    singular values nearer one another (the point of orthogonalising)."""
+    from lmjax.config import resolve
+    from lmjax.training.optimizer import make_optimizer
+
+    g = {"layer": {"kernel": jax.random.normal(jax.random.key(0), (32, 16)) * jnp.linspace(0.1, 3, 16)}}
+    spreads = []
+    for ns in (1, 5):
+        tc = resolve(tiny_config(optimizer="muon", muon_ns_steps=ns, warmup_steps=0, grad_clip=0.0)).train
+        opt = make_optimizer(tc)
+        update, _ = opt.update(g, opt.init(g), g)
+        s = np.linalg.svd(np.asarray(update["layer"]["kernel"]), compute_uv=False)
+        spreads.append(s.max() / s.min())
+    assert spreads[1] < spreads[0] / 2

@@ -215,6 +215,9 @@ def import_dir(src: str | os.PathLike, workdir: str | os.PathLike, *, overrides:
     if keys["positions"] == "learned" and c.train.seq_len != n_ctx:
         raise ConfigError(f"config.train.seq_len={c.train.seq_len}: the GPT-2 layout's position table has "
                           f"n_positions={n_ctx} rows, so the context must be {n_ctx}")
+    if c.train.replicas != 1:  # one set of weights comes in: there is nothing to replicate
+        raise ConfigError(f"config.train.replicas={c.train.replicas}: an import is one model; leave "
+                          "replicas at 1 (several seeds start from random initialisations, not from weights)")
 
     workdir.mkdir(parents=True, exist_ok=True)
     tokenizer, data_keys = _import_tokenizer(src, workdir, hf["vocab_size"], lmjax_json)

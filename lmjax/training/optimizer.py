@@ -60,7 +60,7 @@ def make_optimizer(train_cfg) -> optax.GradientTransformation:
         parts.append(optax.contrib.muon(
             lr_schedule(train_cfg, train_cfg.muon_lr), weight_decay=train_cfg.weight_decay,
             adam_learning_rate=lr_schedule(train_cfg), adam_b1=train_cfg.b1, adam_b2=train_cfg.b2,
-            muon_weight_dimension_numbers=muon_dimensions))
+            ns_steps=train_cfg.muon_ns_steps, muon_weight_dimension_numbers=muon_dimensions))
     else:
         parts.append(optax.adamw(lr_schedule(train_cfg), b1=train_cfg.b1, b2=train_cfg.b2,
                                  weight_decay=train_cfg.weight_decay, mask=decay_mask))
