@@ -49,10 +49,15 @@ def _no_data(ax) -> None:
 
 
 def _scatter_by_status(ax, sub, x: str, color) -> None:
-    """One marker per run: filled for done, hollow for the rest."""
+    """One marker per run: filled for done, hollow for the rest; a bar of +-1 sd over its seeds
+    for a run of several (config.train.replicas)."""
     for status, s in sub.groupby("status", sort=True):
         ax.scatter(s[x], s["val_loss"], marker=MARKERS.get(status, "o"), s=36, zorder=3,
                    color=color, facecolors=color if status == "done" else "none")
+    sd = sub["val_loss_sd"].astype(float) if "val_loss_sd" in sub else None
+    if sd is not None and np.isfinite(sd).any():
+        ax.errorbar(sub[x], sub["val_loss"], yerr=sd.fillna(0.0), fmt="none", ecolor=color, elinewidth=1,
+                    capsize=2, zorder=2)
 
 
 def _eval_curves(ax, cv, color_of) -> bool:
