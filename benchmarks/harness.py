@@ -84,17 +84,12 @@ def _log(msg: str) -> None:
 def _finite(x):
     return x if x is None or math.isfinite(x) else None
 
-def abstract_batch(config, mesh):
-    """ShapeDtypeStruct of a global batch [batch_size, seq_len + 1] int32, sharded over the batch axes."""
+def abstract_batch(setup):
+    """ShapeDtypeStruct of a Setup's global train batch (int32, sharded as the step takes it)."""
     import jax
     import jax.numpy as jnp
 
-    from lmjax.training import sharding
-
-    K = config.train.replicas
-    shape = (config.train.batch_size, config.train.seq_len + 1)
-    return jax.ShapeDtypeStruct((K, *shape) if K > 1 else shape, jnp.int32, sharding=sharding.batch_sharding(
-        mesh, sharding.replica_axis(mesh, K), K))
+    return jax.ShapeDtypeStruct(setup.batch_shape, jnp.int32, sharding=setup.batch_sharding)
 
 
 def peak_memory(devices) -> int | None:
@@ -239,14 +234,12 @@ def _first_step(config, devices, vocab: int, seed: int):
     from lmjax.training.steps import make_setup
 
     tc = config.train
-    shape = (tc.batch_size, tc.seq_len + 1)
-    host_batch = np.random.default_rng(seed).integers(
-        0, vocab, size=(tc.replicas, *shape) if tc.replicas > 1 else shape, dtype=np.int32)
     t0 = time.perf_counter()
     mesh = sharding.make_mesh(config.mesh, devices)
     sharding.check_batch(tc.batch_size, tc.grad_accum, mesh, jax.process_count(), tc.replicas)
     setup = make_setup(config, vocab_size=vocab, mesh=mesh)
-    batch = setup.put_batch(host_batch)
+    batch = setup.put_batch(np.random.default_rng(seed).integers(0, vocab, size=setup.batch_shape,
+                                                                 dtype=np.int32))
     state = jax.block_until_ready(setup.init_state(seed))
     t_init = time.perf_counter()
     state, metrics = jax.block_until_ready(setup.train_step(state, batch))

@@ -364,13 +364,11 @@ def profile_lmjax(config, *, steps: int, warmup: int, devices, seed: int = 0,
     from lmjax.training import sharding
     from lmjax.training.steps import make_setup
 
-    tc = config.train
     vocab = config.data.vocab_size if config.data.vocab_size > 0 else SYNTHETIC_VOCAB
     mesh = sharding.make_mesh(config.mesh, devices)
     setup = make_setup(config, vocab_size=vocab, mesh=mesh)
-    shape = (tc.batch_size, tc.seq_len + 1)
-    shape = (tc.replicas, *shape) if tc.replicas > 1 else shape
-    batch = setup.put_batch(np.random.default_rng(seed).integers(0, vocab, size=shape, dtype=np.int32))
+    batch = setup.put_batch(np.random.default_rng(seed).integers(0, vocab, size=setup.batch_shape,
+                                                                 dtype=np.int32))
     state = jax.block_until_ready(setup.init_state(seed))
     t = time.perf_counter()
     with setup.context():

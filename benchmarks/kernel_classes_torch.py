@@ -3,9 +3,9 @@ starts under the PyTorch interpreter (the venv of benchmarks/nanogpt_reference.p
 
     /tmp/torchvenv/bin/python benchmarks/kernel_classes_torch.py --shape baby [--steps 20] [--warmup 5]
 
-The model is nanogpt_reference.py's `GPT`, imported by path; the step is its `main()`'s (forward,
-backward, clip 1.0, AdamW with decay on 2-D weights, 2 threads, float32, eager), with the clip, the
-AdamW update and zero_grad inside one `record_function` scope so that every op they run counts as
+The model and step are nanogpt_reference.py's `make_step` (imported by path: forward, backward,
+clip 1.0, AdamW with decay on 2-D weights, 2 threads, float32, eager), with the clip, the AdamW
+update and zero_grad inside one `record_function` scope so that every op they run counts as
 optimizer, whatever its name (on CPU AdamW runs per-tensor `aten::mul_`, `addcdiv_`, ..., not
 `_foreach_*`), and so does the scope's own self time: the Python of clip and `opt.step()` between
 their ops. After `--warmup` steps, `torch.profiler.profile` records one step that its schedule
@@ -136,27 +136,8 @@ def main() -> None:
                                                   Path(__file__).with_name("nanogpt_reference.py"))
     ref = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ref)
-    # Model, optimizer and step as nanogpt_reference.main() builds them (it has no function
-    # returning them); the optimizer scope is the only addition.
-    torch.manual_seed(1337)
-    torch.set_num_threads(args.threads)
     s = ref.SHAPES[args.shape]
-    model = ref.GPT(s["n_layer"], s["n_head"], s["n_embd"], s["block_size"])
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.99))
-    x = torch.randint(0, ref.VOCAB, (s["batch_size"], s["block_size"]))
-    y = torch.randint(0, ref.VOCAB, (s["batch_size"], s["block_size"]))
-
-    def step():
-        loss = model(x, y)
-        loss.backward()
-        with record_function(OPTIMIZER_SCOPE):
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return loss.item()  # synchronises, as nanoGPT's logging does
+    step = ref.make_step(args.shape, args.threads, lambda: record_function(OPTIMIZER_SCOPE))
 
     def timed(n):
         times = []

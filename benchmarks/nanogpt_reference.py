@@ -19,6 +19,7 @@ Prints one JSON line: shape, median/p10/p90 ms per step, tokens/s, torch version
 from __future__ import annotations
 
 import argparse  # not absl: this runs under the PyTorch venv, without lmjax's dependencies
+import contextlib
 import json
 import math
 import statistics
@@ -73,16 +74,13 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.view(-1, VOCAB), targets.view(-1))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shape", choices=SHAPES, default="baby")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args()
+def make_step(shape: str, threads: int = 2, around_update=contextlib.nullcontext):
+    """nanoGPT's model, AdamW and train step for `shape` on a fixed random batch: returns
+    `step() -> loss`. `around_update`: a context manager the clip, AdamW update and zero_grad run
+    inside (a profiler's scope)."""
     torch.manual_seed(1337)
-    torch.set_num_threads(args.threads)
-    s = SHAPES[args.shape]
+    torch.set_num_threads(threads)
+    s = SHAPES[shape]
     model = GPT(s["n_layer"], s["n_head"], s["n_embd"], s["block_size"])
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -94,10 +92,24 @@ def main() -> None:
     def step():
         loss = model(x, y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        with around_update():
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         return loss.item()  # synchronises, as nanoGPT's logging does
+
+    return step
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", choices=SHAPES, default="baby")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    s = SHAPES[args.shape]
+    step = make_step(args.shape, args.threads)
 
     for _ in range(args.warmup):
         step()

@@ -157,7 +157,7 @@ def test_gpt2_small_compiles_ahead_of_time():
     setup = make_setup(config, vocab_size=config.data.vocab_size, mesh=mesh)  # eval_shape only
     step = setup.jit_train_step
     with mesh_context(mesh):
-        lowered = step.lower(setup.abstract_state, harness.abstract_batch(config, mesh))
+        lowered = step.lower(setup.abstract_state, harness.abstract_batch(setup))
         t_lower = time.perf_counter()
         compiled = lowered.compile()
     t_compile = time.perf_counter()

@@ -156,7 +156,7 @@ def test_chunked_loss_never_holds_the_whole_logits():
         m = sharding.make_mesh(c.mesh, jax.devices()[:1])
         setup = make_setup(c, vocab_size=4096, mesh=m)
         with mesh_context(m):
-            compiled = setup.jit_train_step.lower(setup.abstract_state, abstract_batch(c, m)).compile()
+            compiled = setup.jit_train_step.lower(setup.abstract_state, abstract_batch(setup)).compile()
         temp[chunk] = compiled.memory_analysis().temp_size_in_bytes
     assert temp[0] - temp[16] > 16 * 2**20, temp
 

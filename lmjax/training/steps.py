@@ -85,7 +85,8 @@ class Setup:
     jit_train_step: Any = None
     replicas: int = 1
     rules: tuple = sharding.LOGICAL_RULES  # the logical-axis rules the steps were traced under
-    batch_sharding: Any = None  # of a train batch (replicas: [K, B, L+1])
+    batch_shape: tuple = ()  # of a global train batch: [B, L+1], replicas: [K, B, L+1]
+    batch_sharding: Any = None  # of a train batch
     eval_batch_sharding: Any = None  # of a validation batch, which every replica scores
 
     def context(self):
@@ -158,6 +159,7 @@ def make_setup(config, *, vocab_size: int, mesh: Mesh) -> Setup:
 
     return Setup(model_cfg, model, optimizer, mesh, abstract, shardings, under_mesh(init_state),
                  under_mesh(train_step), under_mesh(eval_step), train_step, replicas=K, rules=rules,
+                 batch_shape=(*(K,) * (K > 1), config.train.batch_size, config.train.seq_len + 1),
                  batch_sharding=batch, eval_batch_sharding=eval_batch)
 
 
