@@ -353,7 +353,8 @@ class TrainConfig:
                           minimum=0)
     log_every: int = key(10, "steps between metrics rows", minimum=1)
     eval_every: int = key(250, "steps between validation passes", minimum=1)
-    eval_batches: int = key(16, "validation batches; 0: the whole split", minimum=0)
+    eval_batches: int = key(16, "periodic evaluations score eval_batches x batch_size windows spread evenly "
+                            "over the validation split (0: all of it); the final one always scores all", minimum=0)
     checkpoint_every: int = key(500, "steps between checkpoints", minimum=1)
     keep_checkpoints: int = key(2, "checkpoints kept; 0 keeps all", minimum=0)
     nonfinite: str = key("halt", "NaN/Inf loss or gradients: 'halt', or 'skip' the update",

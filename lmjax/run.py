@@ -166,11 +166,13 @@ class Run:
         return [{"label": self.labels[int(p.argmax())],
                  "probabilities": {label: float(q) for label, q in zip(self.labels, p)}} for p in probs]
 
-    def evaluate(self, batches: int | None = None) -> dict:
-        """Validation loss, perplexity, bits per byte (batches 0: the whole split); for a
-        fine-tuned classifier, accuracy, macro-F1 and the confusion matrix on the task's held-out
-        examples (`batches` does not apply)."""
-        from lmjax.training.loop import evaluate, tokens_per_byte
+    def evaluate(self, batches: int = 0) -> dict:
+        """Validation loss, its standard error, perplexity, bits per byte and what was scored
+        (`tokens`, `bytes`), over the whole split (`batches` N > 0: N x config.train.batch_size
+        windows spread evenly over it; see lmjax/training/evaluation.py); for a fine-tuned
+        classifier, accuracy, macro-F1 and the confusion matrix on the task's held-out examples
+        (`batches` does not apply)."""
+        from lmjax.training import evaluation
         from lmjax.training.steps import make_setup
 
         if self.finetune is not None:
@@ -184,15 +186,12 @@ class Run:
 
         data = prepare(self.config.data)
         tc = self.config.train
-        batch = math.gcd(tc.batch_size, 64)
-        kw = dict(batch_size=batch, seq_len=tc.seq_len, tokens_per_byte=tokens_per_byte(data),
-                  max_batches=tc.eval_batches if batches is None else batches)
+        kw = dict(seq_len=tc.seq_len, max_windows=batches * tc.batch_size, token_bytes=data.tokenizer.token_bytes())
         if self.config.model.family == "ngram":
-            from lmjax.training.ngram import evaluate_ngram
-
-            return evaluate_ngram(self.params, data.val, **kw)
+            return evaluation.evaluate_ngram(self.params, data.val, **kw)
         setup = make_setup(self.config, vocab_size=self.tokenizer.vocab_size, mesh=_one_device_mesh())
-        return evaluate(setup, self.params, data.val, **kw)
+        # Which windows are scored does not depend on the batch: one of at most 64 rows bounds memory.
+        return evaluation.evaluate(setup, self.params, data.val, batch_size=math.gcd(tc.batch_size, 64), **kw)
 
 
 def replica_row(row: dict, k: int) -> dict:

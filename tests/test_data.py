@@ -15,9 +15,7 @@ import pytest
 from lmjax.data import (
     build_tokenizer,
     corpus_fingerprint,
-    eval_batches,
     load_corpus,
-    num_eval_batches,
     prepare,
     tokenizer_from_json,
     train_batch,
@@ -379,58 +377,3 @@ def test_train_batch_edges_and_errors():
         train_batch(tokens, seed=0, step=0, batch_size=4, seq_len=17)
     with pytest.raises(DataError, match="batch_size 6 is not divisible by the 4 processes"):
         train_batch(tokens, seed=0, step=0, batch_size=6, seq_len=8, process_count=4)
-
-
-@pytest.mark.parametrize("n_tokens, seq_len, batch_size", [(1000, 16, 4), (1001, 16, 4), (993, 10, 6), (17, 16, 2), (9, 16, 2)])
-def test_eval_batches_cover_every_target_once(n_tokens, seq_len, batch_size):
-    tokens = np.arange(n_tokens, dtype=np.uint16)
-    batches = list(eval_batches(tokens, batch_size=batch_size, seq_len=seq_len))
-    assert len(batches) == num_eval_batches(n_tokens, batch_size=batch_size, seq_len=seq_len)
-    batch_tokens = np.concatenate([b for b, _ in batches])
-    weights = np.concatenate([w for _, w in batches])
-    assert batch_tokens.shape[1:] == (seq_len + 1,) and batch_tokens.dtype == np.int32
-    assert weights.shape[1:] == (seq_len,) and weights.dtype == np.float32
-    assert weights.sum() == n_tokens - 1
-    real = weights == 1
-    assert np.array_equal(np.sort(batch_tokens[:, 1:][real]), np.arange(1, n_tokens))  # each target once
-    assert np.array_equal(batch_tokens[:, 1:][real], batch_tokens[:, :-1][real] + 1)  # with its true input
-    assert np.array_equal(batch_tokens[:, 0][: -(-(n_tokens - 1) // seq_len)],
-                          np.arange(0, n_tokens - 1, seq_len))  # windows tile the split from the start
-
-
-@pytest.mark.parametrize("n_tokens, seq_len, overlap", [(1000, 16, 7), (1001, 16, 1), (17, 16, 15), (9, 16, 3),
-                                                       (500, 8, 7)])
-def test_eval_batches_sliding_window(n_tokens, seq_len, overlap):
-    """With overlap, every target is still scored once with its true input, and every scored
-    target past the split's first `overlap` has `overlap` previous tokens in its window."""
-    tokens = np.arange(n_tokens, dtype=np.uint16)
-    args = dict(batch_size=3, seq_len=seq_len, overlap=overlap)
-    batches = list(eval_batches(tokens, **args))
-    assert len(batches) == num_eval_batches(n_tokens, **args)
-    batch_tokens = np.concatenate([b for b, _ in batches])
-    weights = np.concatenate([w for _, w in batches])
-    assert weights.sum() == n_tokens - 1
-    real = weights == 1
-    assert np.array_equal(np.sort(batch_tokens[:, 1:][real]), np.arange(1, n_tokens))
-    rows, cols = np.nonzero(real)
-    context = np.minimum(cols, overlap)  # tokens before the target's input in its window
-    assert np.all((context == overlap) | (batch_tokens[rows, cols + 1] <= overlap))
-    with pytest.raises(DataError, match="overlap of 16 needs 0 <= overlap < seq_len=16"):
-        next(eval_batches(tokens, batch_size=3, seq_len=16, overlap=16))
-
-
-@pytest.mark.parametrize("process_count", [2, 3])
-def test_eval_batches_shards_and_max_batches(process_count):
-    tokens = np.arange(2000, dtype=np.uint16)
-    args = dict(batch_size=6, seq_len=20)
-    whole = list(eval_batches(tokens, **args))
-    assert len(whole) == 17
-    shards = [list(eval_batches(tokens, **args, process_index=p, process_count=process_count))
-              for p in range(process_count)]
-    for i, (batch, weights) in enumerate(whole):
-        assert np.array_equal(np.concatenate([s[i][0] for s in shards]), batch)
-        assert np.array_equal(np.concatenate([s[i][1] for s in shards]), weights)
-    first3 = list(eval_batches(tokens, **args, max_batches=3))
-    assert len(first3) == 3 == num_eval_batches(2000, **args, max_batches=3)
-    assert all(np.array_equal(a[0], b[0]) for a, b in zip(first3, whole))
-    assert num_eval_batches(2000, **args, max_batches=100) == 17

@@ -85,8 +85,9 @@ def _define_flags(command: str, fv: flags.FlagValues) -> None:
         flags.DEFINE_string("max_shard_size", "5GB", "Larger weights are sharded into files of at most "
                             "this size, with model.safetensors.index.json.", flag_values=fv)
     if command == "eval":
-        flags.DEFINE_integer("batches", None, "Validation batches (0: the whole split; "
-                             "default: config.train.eval_batches).", flag_values=fv)
+        flags.DEFINE_integer("batches", 0, "0: the whole validation split (as training's final "
+                             "evaluation); N: N x config.train.batch_size windows spread evenly over it.",
+                             flag_values=fv)
     if command == "sample":
         flags.DEFINE_multi_string("prompt", [], "Prompt text; repeat for several.", flag_values=fv)
         flags.DEFINE_integer("max_new_tokens", None, "Tokens to generate.", flag_values=fv)

@@ -4,8 +4,7 @@ from lmjax.data.corpus import Corpus, corpus_fingerprint, load_corpus
 from lmjax.data.dataset import (
     Dataset,
     cache_root,
-    eval_batches,
-    num_eval_batches,
+    local_rows,
     prepare,
     train_batch,
 )
@@ -18,9 +17,8 @@ __all__ = [
     "build_tokenizer",
     "cache_root",
     "corpus_fingerprint",
-    "eval_batches",
     "load_corpus",
-    "num_eval_batches",
+    "local_rows",
     "prepare",
     "tokenizer_from_json",
     "train_batch",

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 
 import numpy as np
 
@@ -148,7 +147,7 @@ def _load(folder: str) -> Dataset:
     )
 
 
-def _local_rows(batch_size: int, process_index: int, process_count: int) -> slice:
+def local_rows(batch_size: int, process_index: int, process_count: int) -> slice:
     if process_count <= 0 or batch_size % process_count:
         raise DataError(
             f"batch_size {batch_size} is not divisible by the {process_count} processes; "
@@ -169,7 +168,7 @@ def train_batch(
     Inputs are `[:, :-1]` and targets `[:, 1:]`. The global batch's window starts come from
     `default_rng([seed, step])`, so the batch depends on nothing but the arguments.
     """
-    rows = _local_rows(batch_size, process_index, process_count)
+    rows = local_rows(batch_size, process_index, process_count)
     if len(tokens) < seq_len + 1:
         raise DataError(
             f"the train split has {len(tokens)} tokens, fewer than seq_len+1={seq_len + 1}; "
@@ -178,45 +177,3 @@ def train_batch(
     starts = np.random.default_rng([seed, step]).integers(0, len(tokens) - seq_len, size=batch_size)
     positions = starts[rows, None] + np.arange(seq_len + 1)
     return np.asarray(tokens[positions], dtype=np.int32)  # reads only this process's windows
-
-
-def num_eval_batches(n_tokens: int, *, batch_size: int, seq_len: int, max_batches: int = 0,
-                     overlap: int = 0) -> int:
-    """How many global batches `eval_batches` yields for a split of `n_tokens` tokens."""
-    stride = seq_len - overlap
-    # window 0 scores targets 1..seq_len, window i > 0 the stride targets after window i-1's
-    windows = 1 + max(0, -(-(n_tokens - 1 - seq_len) // stride))
-    batches = -(-windows // batch_size)
-    return min(batches, max_batches) if max_batches > 0 else batches
-
-
-def eval_batches(
-    tokens: np.ndarray, *, batch_size: int, seq_len: int, max_batches: int = 0, overlap: int = 0,
-    process_index: int = 0, process_count: int = 1,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Windows from the start of the split: window i is tokens [i*s, i*s+seq_len+1) with stride
-    s = seq_len - overlap.
-
-    Yields this process's rows of each global batch as (tokens int32 [B_local, seq_len+1],
-    weights float32 [B_local, seq_len]); weights are 1 on the targets a window scores and 0 on
-    padding and, past window 0, on its first `overlap` targets (scored by the window before), so
-    over a full pass they sum to len(tokens) - 1. `overlap` > 0 is a sliding window: a model that
-    sees a fixed number of previous tokens (the MLP LM's context - 1) gets all of them for every
-    scored target but the split's first few. A split shorter than seq_len+1 is fine: its one window
-    is padded.
-    """
-    if not 0 <= overlap < seq_len:
-        raise DataError(f"an evaluation overlap of {overlap} needs 0 <= overlap < seq_len={seq_len}")
-    rows = _local_rows(batch_size, process_index, process_count)
-    n = len(tokens)
-    if n < 2:
-        raise DataError(f"the evaluation split has {n} tokens, too few to predict any; use a bigger corpus")
-    stride = seq_len - overlap
-    for b in range(num_eval_batches(n, batch_size=batch_size, seq_len=seq_len, max_batches=max_batches,
-                                    overlap=overlap)):
-        window = np.arange(b * batch_size, (b + 1) * batch_size)[rows]
-        positions = window[:, None] * stride + np.arange(seq_len + 1)
-        real = positions < n
-        batch = np.where(real, np.asarray(tokens[np.minimum(positions, n - 1)], dtype=np.int32), 0)
-        scored = real[:, 1:] & ((window[:, None] == 0) | (np.arange(seq_len) >= overlap))
-        yield batch.astype(np.int32), scored.astype(np.float32)

@@ -37,6 +37,16 @@ class Tokenizer:
     def to_json(self) -> dict:
         raise NotImplementedError
 
+    def token_bytes(self) -> np.ndarray:
+        """int64 [vocab_size]: the UTF-8 bytes each id stands for (0 for ids that stand for no
+        text), so that bits per byte divide by the bytes actually scored."""
+        if not hasattr(self, "_token_bytes"):
+            self._token_bytes = np.asarray(self._token_bytes_list(), np.int64)
+        return self._token_bytes
+
+    def _token_bytes_list(self) -> list[int]:
+        raise NotImplementedError
+
     @property
     def fingerprint(self) -> str:
         if not hasattr(self, "_fingerprint"):
@@ -63,6 +73,9 @@ class ByteTokenizer(Tokenizer):
 
     def to_json(self) -> dict:
         return {"kind": "byte"}
+
+    def _token_bytes_list(self) -> list[int]:
+        return [1] * 256
 
 
 class CharTokenizer(Tokenizer):
@@ -96,6 +109,10 @@ class CharTokenizer(Tokenizer):
     def to_json(self) -> dict:
         return {"kind": "char", "chars": self.chars}
 
+    def _token_bytes_list(self) -> list[int]:
+        # <unk> stands for a character the train split lacks: counted as one byte (its own is unknown).
+        return [len(c.encode("utf-8")) for c in self.chars] + [1]
+
 
 class SentencePieceTokenizer(Tokenizer):
     """A sentencepiece model trained losslessly: identity normalisation, no whitespace cleanup, no dummy
@@ -127,6 +144,11 @@ class SentencePieceTokenizer(Tokenizer):
 
     def decode(self, ids) -> str:
         return self.sp.decode(np.asarray(ids).reshape(-1).tolist())
+
+    def _token_bytes_list(self) -> list[int]:
+        sp = self.sp
+        return [1 if sp.is_byte(i) else 0 if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i)
+                else len(sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8")) for i in range(self.vocab_size)]
 
     def to_json(self) -> dict:
         return {
@@ -221,6 +243,24 @@ class HfTokenizer(Tokenizer):
 
     def to_json(self) -> dict:
         return {"kind": "hf", "vocab_size": self.vocab_size, "tokenizer_json": self.tokenizer_json}
+
+    def _token_bytes_list(self) -> list[int]:
+        # Byte-level BPE (GPT-2) spells each byte as one character of its alphabet; sentencepiece-style
+        # vocabularies (LLaMA) spell a space as U+2581 and a fallback byte as <0xNN>. Special tokens: 0.
+        byte_level = "ByteLevel" in json.dumps(json.loads(self.tokenizer_json).get("decoder"))
+        special = {t.content for t in self.tok.get_added_tokens_decoder().values() if t.special}
+        out = []
+        for i in range(self.vocab_size):
+            piece = self.tok.id_to_token(i)
+            if piece is None or piece in special:
+                out.append(0)
+            elif byte_level:
+                out.append(len(piece))
+            elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+                out.append(1)
+            else:
+                out.append(len(piece.replace("\u2581", " ").encode("utf-8")))
+        return out
 
 
 def _chunks(text: str, size: int) -> list[str]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
-import math
 import os
 import signal
 import threading
@@ -17,82 +15,17 @@ from tqdm.auto import tqdm
 
 from lmjax import config as config_lib
 from lmjax.checkpointing import Checkpointer
-from lmjax.data import Dataset, eval_batches, prepare, tokenizer_from_json, train_batch
+from lmjax.data import Dataset, prepare, tokenizer_from_json, train_batch
 from lmjax.errors import CheckpointError, ConfigError, LmjaxError
-from lmjax.models import eval_overlap, flops_per_token, param_count
+from lmjax.models import flops_per_token, param_count
 from lmjax.models.attention import kernel_for
 from lmjax.process import hardware
 from lmjax.process.provenance import provenance
 from lmjax.process.distributed import job_info
-from lmjax.training import sharding
+from lmjax.training import evaluation, sharding
 from lmjax.training.metrics import MetricsWriter
 from lmjax.training.steps import Setup, make_setup
 from lmjax.workdir import Workdir
-
-
-def evaluate(setup: Setup, params, tokens: np.ndarray, *, batch_size: int, seq_len: int,
-             max_batches: int, tokens_per_byte: float) -> dict:
-    """Held-out loss (nats/token), perplexity and bits per byte over `max_batches` (0: all); for
-    the encoder, the masked-LM loss and accuracy over fixed masks (`masked_loss`, ...). With
-    replicas, each figure is the replicas' mean and `<name>_replicas` lists them."""
-    sums = []
-    overlap = eval_overlap(setup.model_cfg)
-    batches = eval_batches(tokens, batch_size=batch_size, seq_len=seq_len, max_batches=max_batches,
-                           overlap=overlap, process_index=jax.process_index(),
-                           process_count=jax.process_count())
-    put = functools.partial(sharding.global_batch, mesh=setup.mesh, sharding=setup.eval_batch_sharding)
-    for index, (batch, weights) in enumerate(batches):
-        # One batch in flight at a time: independent multi-device programs queued together can
-        # reach their all-reduces in different orders on different devices (XLA:CPU deadlocked
-        # on a whole-split eval over 8 devices).
-        sums.append(jax.block_until_ready(setup.eval_step(params, put(batch), put(weights), np.int32(index))))
-    totals = [np.sum(np.stack(x), axis=0) for x in zip(*jax.device_get(sums))]
-    summary = functools.partial(_eval_summary, setup.model_cfg.family, overlap, tokens_per_byte)
-    if setup.replicas == 1:
-        return summary(*totals)
-    return combine_replicas([summary(*(t[k] for t in totals)) for k in range(setup.replicas)])
-
-
-def _eval_summary(family: str, overlap: int, tokens_per_byte: float, loss_sum, count, correct, loss_L,
-                  count_L) -> dict:
-    loss_sum, count, correct = float(loss_sum), float(count), float(correct)
-    loss = loss_sum / max(count, 1.0)
-    by_position = position_losses(loss_L, count_L)
-    # With a sliding window only the split's first window scores its first `overlap` positions:
-    # too few to mean anything, and every other target had its full context anyway.
-    by_position[:overlap] = [None] * overlap
-    if family == "encoder":
-        return {"masked_loss": loss, "masked_accuracy": correct / max(count, 1.0),
-                "masked_tokens": int(count), "loss_by_position": by_position}
-    return {
-        "loss": loss,
-        "perplexity": math.exp(min(loss, 700.0)),
-        # nats/token * tokens/byte / ln 2: comparable across tokenizers.
-        "bits_per_byte": loss * tokens_per_byte / math.log(2),
-        "tokens": int(count),
-        "loss_by_position": by_position,
-    }
-
-
-def combine_replicas(per_replica: list[dict]) -> dict:
-    """One dict of figures for K replicas: each float is their mean, with the K values under
-    `<name>_replicas`; counts are the same for all; per-position lists are averaged."""
-    out = {}
-    for name, first in per_replica[0].items():
-        values = [d[name] for d in per_replica]
-        if isinstance(first, float):
-            out[name] = float(np.mean(values))
-            out[f"{name}_replicas"] = values
-        elif isinstance(first, list):
-            out[name] = [None if any(v is None for v in col) else float(np.mean(col)) for col in zip(*values)]
-        else:
-            out[name] = first
-    return out
-
-
-def position_losses(loss_sums, counts) -> list[float | None]:
-    """Mean loss at each position of the window (None where nothing was scored)."""
-    return [float(s) / float(c) if c > 0 else None for s, c in zip(np.asarray(loss_sums), np.asarray(counts))]
 
 
 def step_batch(data: Dataset, tc, step: int) -> np.ndarray:
@@ -102,10 +35,6 @@ def step_batch(data: Dataset, tc, step: int) -> np.ndarray:
                         seq_len=tc.seq_len, process_index=jax.process_index(),
                         process_count=jax.process_count()) for k in range(tc.replicas)]
     return rows[0] if tc.replicas == 1 else np.stack(rows)
-
-
-def tokens_per_byte(data: Dataset) -> float:
-    return len(data.val) / max(data.val_bytes, 1)
 
 
 def check_workdir(wd: Workdir, cfg: dict, force: bool) -> None:
@@ -290,8 +219,7 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
 
     writer = MetricsWriter(wd, enabled=main)
     tokens_per_step = tc.batch_size * tc.seq_len
-    eval_kw = dict(batch_size=tc.batch_size, seq_len=tc.seq_len, max_batches=tc.eval_batches,
-                   tokens_per_byte=tokens_per_byte(data))
+    eval_kw = dict(batch_size=tc.batch_size, seq_len=tc.seq_len, token_bytes=data.tokenizer.token_bytes())
     bar = tqdm(total=tc.steps, initial=start, disable=not (progress and main), unit="step",
                dynamic_ncols=True)
     tok_json = data.tokenizer.to_json()
@@ -374,7 +302,9 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
                 if run["first_step_time"] is None or done % tc.log_every == 0 or done == last:
                     flush(done)
                 if done % tc.eval_every == 0 or done == tc.steps:
-                    ev = evaluate(setup, state.params, data.val, **eval_kw)
+                    # The final evaluation scores the whole split; periodic ones a spread-out budget.
+                    budget = 0 if done == tc.steps else tc.eval_batches * tc.batch_size
+                    ev = evaluation.evaluate(setup, state.params, data.val, max_windows=budget, **eval_kw)
                     by_position = ev.pop("loss_by_position")
                     if main:
                         wd.append_position_losses(done, by_position)

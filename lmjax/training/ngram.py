@@ -8,7 +8,6 @@ other family, and logged to metrics.jsonl / run.json the same way.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 
@@ -16,33 +15,16 @@ import numpy as np
 
 from lmjax import config as config_lib
 from lmjax.checkpointing import Checkpointer
-from lmjax.data import Dataset, num_eval_batches, prepare
+from lmjax.data import Dataset, prepare
 from lmjax.errors import ConfigError
 from lmjax.models.ngram import NgramModel, count, key_space_error
 from lmjax.process.provenance import provenance
-from lmjax.training.loop import check_tokenizer, check_workdir, position_losses, tokens_per_byte
+from lmjax.training.evaluation import evaluate_ngram
+from lmjax.training.loop import check_tokenizer, check_workdir
 from lmjax.training.metrics import MetricsWriter
 from lmjax.workdir import Workdir
 
 STEP = config_lib.COUNTED_STEP  # the one "step" of a counted model: its checkpoint and its logged row
-
-
-def evaluate_ngram(model: NgramModel, tokens: np.ndarray, *, batch_size: int, seq_len: int,
-                   max_batches: int, tokens_per_byte: float) -> dict:
-    """Held-out loss (nats/token), perplexity and bits per byte over the tokens the other
-    families' `evaluate` scores with the same arguments (the first max_batches * batch_size
-    windows of seq_len targets; 0: the whole split). The n-gram's context may reach back across
-    a window's start (at most order - 1 tokens, for the first targets of each window)."""
-    n = len(tokens)
-    windows = num_eval_batches(n, batch_size=batch_size, seq_len=seq_len, max_batches=max_batches)
-    end = min(n, windows * batch_size * seq_len + 1)
-    logp = model.logprobs(np.asarray(tokens[:end]))
-    loss = float(-logp.mean())
-    position = np.arange(logp.size) % seq_len  # target t + 1 sits at position t of its window
-    sums, counts = np.bincount(position, -logp, seq_len), np.bincount(position, minlength=seq_len)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)),
-            "bits_per_byte": loss * tokens_per_byte / math.log(2), "tokens": int(logp.size),
-            "loss_by_position": position_losses(sums, counts)}
 
 
 def train_ngram(config, workdir: str | os.PathLike, *, force: bool = False, print_fn=print) -> dict:
@@ -71,8 +53,8 @@ def train_ngram(config, workdir: str | os.PathLike, *, force: bool = False, prin
     print_fn(f"lmjax: {order}-gram model, {model.num_ngrams:,} n-grams from {len(data.train):,} train "
              f"tokens of {config.data.corpus} ({data.tokenizer.kind} vocab {data.tokenizer.vocab_size})"
              + ("" if counted else ", loaded from its checkpoint"))
-    ev = evaluate_ngram(model, data.val, batch_size=tc.batch_size, seq_len=tc.seq_len,
-                        max_batches=tc.eval_batches, tokens_per_byte=tokens_per_byte(data))
+    ev = evaluate_ngram(model, data.val, seq_len=tc.seq_len, max_windows=0,  # its one evaluation: the whole split
+                        token_bytes=data.tokenizer.token_bytes())
     wd.append_position_losses(STEP, ev.pop("loss_by_position"))
     val = {f"val_{k}": v for k, v in ev.items()}
     writer = MetricsWriter(wd)

@@ -9,7 +9,7 @@
 The masks are drawn inside the jitted step from a key that is a pure function of (seed, step)
 (and the micro-batch), with JAX's partitionable threefry: the same masks whatever the device
 count, and a resumed run draws the masks an uninterrupted one would. Evaluation uses a fixed key
-per validation batch, so every evaluation scores the same masked positions.
+per validation window, so every evaluation scores the same masked positions, however batched.
 """
 
 from __future__ import annotations
@@ -63,6 +63,6 @@ def train_key(seed: int, step):
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _MASK_STREAM), step)
 
 
-def eval_key(seed: int, batch_index):
-    """The objective's fixed key for validation batch `batch_index`."""
-    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _EVAL_STREAM), batch_index)
+def eval_key(seed: int, window):
+    """The objective's fixed key for validation window `window` (see training/evaluation.py)."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _EVAL_STREAM), window)

@@ -79,7 +79,7 @@ class Setup:
     state_shardings: TrainState
     init_state: Callable  # seed -> TrainState, placed on the mesh (replicas: seeds seed..seed+K-1)
     train_step: Callable  # (state, batch) -> (state, metrics), jitted, state donated
-    eval_step: Callable  # (params, tokens, weights, batch index) -> sums (see make_eval_step), jitted
+    eval_step: Callable  # (params, tokens, weights, window indices) -> sums (see make_eval_step), jitted
     # The same train step as the bare `jax.jit` object, for `.lower()` / ahead-of-time compiles;
     # trace and lower it inside `self.context()`.
     jit_train_step: Any = None
@@ -136,10 +136,10 @@ def make_setup(config, *, vocab_size: int, mesh: Mesh) -> Setup:
     def train_step(state, batch):
         return step_one(state, batch, seed) if K == 1 else vmap(step_one)(state, batch, seed + offsets)
 
-    def eval_step(params, batch, weights, index):
+    def eval_step(params, batch, weights, windows):
         if K == 1:
-            return eval_one(params, batch, weights, index, seed)
-        return vmap(eval_one, in_axes=(0, None, None, None, 0))(params, batch, weights, index, seed + offsets)
+            return eval_one(params, batch, weights, windows, seed)
+        return vmap(eval_one, in_axes=(0, None, None, None, 0))(params, batch, weights, windows, seed + offsets)
 
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
     batch = sharding.batch_sharding(mesh, replica, K)
@@ -147,8 +147,7 @@ def make_setup(config, *, vocab_size: int, mesh: Mesh) -> Setup:
     init_state = jax.jit(init_state, out_shardings=shardings)
     train_step = jax.jit(train_step, in_shardings=(shardings, batch),
                          out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
-    eval_step = jax.jit(eval_step, in_shardings=(shardings.params, eval_batch, eval_batch,
-                                                 sharding.replicated(mesh)),
+    eval_step = jax.jit(eval_step, in_shardings=(shardings.params, eval_batch, eval_batch, eval_batch),
                         out_shardings=sharding.replicated(mesh))
 
     def under_mesh(fn):
@@ -221,19 +220,23 @@ def make_train_step(model: nn.Module, optimizer, train_cfg):
 
 
 def make_eval_step(model: nn.Module):
-    """`eval_step(params, batch, weights, batch_index, seed) -> (loss sum, weight sum, correct sum,
-    loss sums [L], weight sums [L])`: the objective's loss and its top-1 hits, overall and per
-    position in the window; the encoder's masks are fixed per (seed, batch index)."""
+    """`eval_step(params, batch, weights, windows, seed) -> (loss sums [B], weight sums [B], correct
+    sums [B], loss sums [L], weight sums [L])`: the objective's loss and its top-1 hits per row
+    (window) and per position in the window (summed over rows); the encoder's masks are fixed per
+    (seed, window index), so they do not depend on how windows are batched."""
     objective = objectives.for_model(model.cfg)
 
-    def eval_step(params, batch_BL1, weights_BL, batch_index, seed):
-        inputs_BL, targets_BL, weights_BL = objective(batch_BL1, objectives.eval_key(seed, batch_index),
-                                                      weights_BL)
+    def row_objective(row_L1, weights_L, window, seed):
+        inputs, targets, weights = objective(row_L1[None], objectives.eval_key(seed, window), weights_L[None])
+        return inputs[0], targets[0], weights[0]
+
+    def eval_step(params, batch_BL1, weights_BL, windows_B, seed):
+        inputs_BL, targets_BL, weights_BL = jax.vmap(row_objective, in_axes=(0, 0, 0, None))(
+            batch_BL1, weights_BL, windows_B, seed)
         logits_BLV = model.apply({"params": params}, inputs_BL)
         losses_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, targets_BL) * weights_BL
         correct_BL = (jnp.argmax(logits_BLV, axis=-1) == targets_BL) * weights_BL
-        # Per position too (summed over the batch): loss against position in the context.
-        return (jnp.sum(losses_BL), jnp.sum(weights_BL), jnp.sum(correct_BL),
+        return (jnp.sum(losses_BL, axis=1), jnp.sum(weights_BL, axis=1), jnp.sum(correct_BL, axis=1),
                 jnp.sum(losses_BL, axis=0), jnp.sum(weights_BL, axis=0))
 
     return eval_step

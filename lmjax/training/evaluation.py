@@ -1,0 +1,220 @@
+"""Validation loss: its one definition, used by training's `val_*`, `lmjax eval`, `run.evaluate()`,
+the n-gram family, sweeps and reports.
+
+The split's n tokens are cut into windows of `seq_len` targets with stride s = seq_len - overlap:
+window w holds tokens [w*s, w*s + seq_len + 1) and scores its targets, except (past window 0) its
+first `overlap` ones, which the window before scored (`overlap` > 0 only for models of a fixed
+context, the MLP LM: every scored target then gets its full context). The windows of the whole
+split score each of the targets 1..n-1 exactly once.
+
+A budget of m windows takes m of them spread evenly over the split (first and last included), so
+a periodic evaluation reads text from everywhere, not the first files. Which windows are scored
+depends on (n, seq_len, overlap, m) alone: not on the batch size, the device count or the process
+count. Batches are the chosen windows in order, B at a time, the last padded with unscored rows.
+
+Every evaluation reports what it scored and how noisy it is:
+    loss           summed target losses / targets (nats per token)
+    loss_se        standard error of that ratio over the scored windows
+    tokens, bytes  targets scored, and the UTF-8 bytes they stand for (the tokenizer's per-id lengths)
+    bits_per_byte  summed losses / ln 2 / bytes
+    perplexity     exp(loss)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+
+from lmjax.data import local_rows
+from lmjax.errors import DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class Windows:
+    """Which windows of a split of `n` tokens an evaluation scores."""
+
+    n: int
+    seq_len: int
+    overlap: int
+    index: np.ndarray  # int64 [m]: the scored windows, ascending
+
+    @property
+    def stride(self) -> int:
+        return self.seq_len - self.overlap
+
+
+def num_windows(n: int, seq_len: int, overlap: int = 0) -> int:
+    """Windows of the whole split: window 0 scores targets 1..seq_len, each later one `stride` more."""
+    return 1 + max(0, -(-(n - 1 - seq_len) // (seq_len - overlap)))
+
+
+def windows(n: int, *, seq_len: int, overlap: int = 0, max_windows: int = 0) -> Windows:
+    """The windows an evaluation scores: all of them (max_windows 0, or at least their number), or
+    `max_windows` spread evenly over the split, first and last included."""
+    if not 0 <= overlap < seq_len:
+        raise DataError(f"an evaluation overlap of {overlap} needs 0 <= overlap < seq_len={seq_len}")
+    if n < 2:
+        raise DataError(f"the evaluation split has {n} tokens, too few to predict any; use a bigger corpus")
+    total = num_windows(n, seq_len, overlap)
+    if max_windows <= 0 or max_windows >= total:
+        index = np.arange(total, dtype=np.int64)
+    else:  # m < total, so the rounded points are distinct
+        index = np.round(np.linspace(0, total - 1, max_windows)).astype(np.int64)
+    return Windows(n, seq_len, overlap, index)
+
+
+def batches(tokens: np.ndarray, win: Windows, *, batch_size: int, process_index: int = 0,
+            process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """This process's rows of each global batch of `win`'s windows: (tokens int32 [B_local, L+1],
+    weights float32 [B_local, L], window index int32 [B_local]). Weights are 1 on the targets a
+    window scores, 0 on its overlap and on padding (rows past the last window: index -1)."""
+    rows = local_rows(batch_size, process_index, process_count)
+    L, n = win.seq_len, win.n
+    count = len(win.index)
+    for first in range(0, count, batch_size):
+        index = np.full(batch_size, -1, np.int64)
+        chosen = win.index[first:first + batch_size]
+        index[:len(chosen)] = chosen
+        index = index[rows]
+        positions = np.maximum(index, 0)[:, None] * win.stride + np.arange(L + 1)
+        real = (positions < n) & (index[:, None] >= 0)
+        batch = np.where(real, np.asarray(tokens[np.minimum(positions, n - 1)], dtype=np.int32), 0)
+        scored = real[:, 1:] & ((index[:, None] == 0) | (np.arange(L) >= win.overlap))
+        yield batch.astype(np.int32), scored.astype(np.float32), index.astype(np.int32)
+
+
+@dataclasses.dataclass
+class Sums:
+    """Per-window sums of one model's evaluation (rows of unscored padding left out)."""
+
+    loss: np.ndarray  # float64 [m]: summed target losses
+    count: np.ndarray  # [m]: targets scored
+    correct: np.ndarray  # [m]: top-1 hits
+    bytes: np.ndarray  # [m]: UTF-8 bytes of the scored targets
+    loss_L: np.ndarray  # [L]: summed losses at each position of the window
+    count_L: np.ndarray  # [L]
+
+
+def summary(s: Sums, *, family: str, overlap: int) -> dict:
+    """The figures of one model's evaluation (see the module docstring)."""
+    total, count = float(s.loss.sum()), float(s.count.sum())
+    loss = total / max(count, 1.0)
+    by_position = [float(a) / float(c) if c > 0 else None for a, c in zip(s.loss_L, s.count_L)]
+    # With a sliding window only the split's first window scores its first `overlap` positions:
+    # too few to mean anything, and every other target had its full context anyway.
+    by_position[:overlap] = [None] * overlap
+    se = ratio_se(s.loss, s.count)
+    if family == "encoder":
+        return {"masked_loss": loss, "masked_loss_se": se, "masked_accuracy": float(s.correct.sum()) / max(count, 1.0),
+                "masked_tokens": int(count), "loss_by_position": by_position}
+    nbytes = int(s.bytes.sum())
+    return {
+        "loss": loss,
+        "loss_se": se,
+        "perplexity": math.exp(min(loss, 700.0)),
+        "bits_per_byte": total / max(nbytes, 1) / math.log(2),
+        "tokens": int(count),
+        "bytes": nbytes,
+        "loss_by_position": by_position,
+    }
+
+
+def ratio_se(sums: np.ndarray, counts: np.ndarray) -> float:
+    """Standard error of sum(sums) / sum(counts) over the windows (the ratio estimator's), with
+    windows that scored nothing left out; nan with fewer than two."""
+    keep = np.asarray(counts) > 0
+    y, c = np.asarray(sums, np.float64)[keep], np.asarray(counts, np.float64)[keep]
+    m = y.size
+    if m < 2:
+        return math.nan
+    r = y.sum() / c.sum()
+    return float(math.sqrt(m / (m - 1) * np.sum((y - r * c) ** 2)) / c.sum())
+
+
+def combine_replicas(per_replica: list[dict]) -> dict:
+    """One dict of figures for K replicas: each float is their mean, with the K values under
+    `<name>_replicas`; counts are the same for all; per-position lists are averaged."""
+    out = {}
+    for name, first in per_replica[0].items():
+        values = [d[name] for d in per_replica]
+        if isinstance(first, float):
+            out[name] = float(np.mean(values))
+            out[f"{name}_replicas"] = values
+        elif isinstance(first, list):
+            out[name] = [None if any(v is None for v in col) else float(np.mean(col)) for col in zip(*values)]
+        else:
+            out[name] = first
+    return out
+
+
+def evaluate(setup, params, tokens: np.ndarray, *, seq_len: int, batch_size: int, max_windows: int,
+             token_bytes: np.ndarray) -> dict:
+    """Validation figures of a neural model (a training Setup's jitted eval_step) over the windows
+    `windows(len(tokens), max_windows=...)` picks; for the encoder, the masked-LM loss and accuracy
+    over masks fixed per window. With replicas, each figure is the replicas' mean and
+    `<name>_replicas` lists them."""
+    from lmjax.models import eval_overlap
+    from lmjax.training import sharding
+
+    overlap = eval_overlap(setup.model_cfg)
+    win = windows(len(tokens), seq_len=seq_len, overlap=overlap, max_windows=max_windows)
+    # A mesh of this process's devices alone (lmjax.load in each process of a job) evaluates every row here.
+    alone = {d.process_index for d in setup.mesh.devices.flat} == {jax.process_index()}
+    procs = dict(process_index=0, process_count=1) if alone else dict(
+        process_index=jax.process_index(), process_count=jax.process_count())
+    put = functools.partial(sharding.global_batch, mesh=setup.mesh, sharding=setup.eval_batch_sharding)
+    out, nbytes = [], []
+    for batch, weights, index in batches(tokens, win, batch_size=batch_size, **procs):
+        # One batch in flight at a time: independent multi-device programs queued together can
+        # reach their all-reduces in different orders on different devices (XLA:CPU deadlocked
+        # on a whole-split eval over 8 devices).
+        out.append(jax.block_until_ready(setup.eval_step(params, put(batch), put(weights), put(index))))
+        nbytes.append(_local_bytes(batch, weights, token_bytes))
+    loss_B, count_B, correct_B, loss_L, count_L = zip(*jax.device_get(out))
+    rows = len(win.index)  # the rest are padding
+    per_row = [np.concatenate(x, axis=-1)[..., :rows] for x in (loss_B, count_B, correct_B)]
+    per_position = [np.sum(x, axis=0) for x in (loss_L, count_L)]
+    nbytes_B = (np.concatenate(nbytes) if alone else _all_rows(np.concatenate(nbytes)))[:rows]
+
+    def one(k):
+        pick = (lambda x: x[k]) if setup.replicas > 1 else (lambda x: x)
+        sums = Sums(*(pick(x).astype(np.float64) for x in per_row), nbytes_B, *(pick(x) for x in per_position))
+        return summary(sums, family=setup.model_cfg.family, overlap=overlap)
+
+    if setup.replicas == 1:
+        return one(0)
+    return combine_replicas([one(k) for k in range(setup.replicas)])
+
+
+def _local_bytes(batch: np.ndarray, weights: np.ndarray, token_bytes: np.ndarray) -> np.ndarray:
+    """UTF-8 bytes of each row's scored targets (this process's rows)."""
+    return (token_bytes[batch[:, 1:]] * weights).sum(axis=1).astype(np.int64)
+
+
+def _all_rows(local: np.ndarray) -> np.ndarray:
+    """Every process's rows of a per-row array, in global row order."""
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(local, tiled=True))
+
+
+def evaluate_ngram(model, tokens: np.ndarray, *, seq_len: int, max_windows: int, token_bytes: np.ndarray) -> dict:
+    """The same figures for an n-gram model, over the same windows (its context may reach back
+    across a window's start: at most order - 1 tokens, for the first targets of each window)."""
+    win = windows(len(tokens), seq_len=seq_len, max_windows=max_windows)
+    logp = model.logprobs(np.asarray(tokens))  # [n-1]: target t + 1
+    targets = win.index[:, None] * win.stride + np.arange(seq_len)  # [m, L]: index into logp
+    real = targets < logp.size
+    safe = np.minimum(targets, logp.size - 1)
+    loss_mL = np.where(real, -logp[safe], 0.0)
+    ids = np.asarray(tokens[safe + 1], dtype=np.int64)
+    sums = Sums(loss_mL.sum(axis=1), real.sum(axis=1), np.zeros(len(win.index)),
+                (token_bytes[ids] * real).sum(axis=1), loss_mL.sum(axis=0), real.sum(axis=0))
+    return summary(sums, family="ngram", overlap=0)
