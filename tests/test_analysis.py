@@ -502,6 +502,18 @@ def test_bootstrap_with_seed_noise_widens_the_interval():
     assert dict(bootstrap(C, L, n=50, seed=1, seeds=[None] * C.size)) == dict(bootstrap(C, L, n=50, seed=1))
 
 
+def test_bootstrap_with_evaluation_noise_widens_the_interval():
+    C = np.logspace(12, 16, 6)
+    L = PowerLaw(0.0, 30.0, 0.12)(C)
+    plain = bootstrap(C, L, n=300, seed=0, E=0.0)
+    width = lambda iv: iv["alpha"][1] - iv["alpha"][0]  # noqa: E731
+    small, large = (bootstrap(C, L, n=300, seed=0, E=0.0, se=[se] * C.size) for se in (0.003, 0.03))
+    assert width(plain) < 1e-6 < width(small) < width(large)
+    assert 0.005 < width(large)
+    # nan or None (a run that recorded no standard error) adds nothing
+    assert dict(bootstrap(C, L, n=50, seed=1, se=[None] * C.size)) == dict(bootstrap(C, L, n=50, seed=1))
+
+
 def test_report_of_seeded_runs(tmp_path):
     from lmjax.analysis.report import write_report
 
@@ -514,6 +526,7 @@ def test_report_of_seeded_runs(tmp_path):
         rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
         mean = rows[-1]["val_loss"]
         rows[-1]["val_loss_replicas"] = [mean - 0.01, mean, mean + 0.01]
+        rows[-1].update(val_loss_se=0.002, val_tokens=9_999, val_bytes=12_345)
         (wd / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = write_report(exp, bootstrap_n=100)
     df = out["results"]
@@ -522,4 +535,8 @@ def test_report_of_seeded_runs(tmp_path):
     assert "val loss (mean ± sd of seeds)" in out["results_md"] and "± 0.0100" in out["results_md"]
     assert out["fits"]["mha"]["seeds"] == [3] * 4
     assert "within each run, of its seeds" in out["fits_md"]
+    # the evaluation's own noise: in the table, and in the bootstrap
+    np.testing.assert_allclose(df["val_loss_se"], 0.002)
+    assert out["fits"]["mha"]["eval_se"] == [0.002] * 4 and "standard error" in out["fits_md"]
+    assert "| 0.0020    | 12.3k " in out["results_md"]
     assert "val_loss_seeds" in (exp / "report" / "results.csv").read_text().splitlines()[0]

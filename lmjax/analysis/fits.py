@@ -148,7 +148,7 @@ class Intervals(dict):
 
 
 def bootstrap(C, L, n: int = 1000, seed: int = 0, ci: float = 0.9, *, E: float | None = None,
-              seeds=None) -> Intervals:
+              seeds=None, se=None) -> Intervals:
     """Percentile bootstrap intervals for (E, A, alpha): resample the points with replacement
     `n` times (numpy default_rng(seed)), refit each, and take the (1-ci)/2 and (1+ci)/2
     quantiles. A resample is degenerate, and skipped, when it has fewer distinct compute values
@@ -158,18 +158,28 @@ def bootstrap(C, L, n: int = 1000, seed: int = 0, ci: float = 0.9, *, E: float |
     `seeds`: for each point, the losses of its seeds (L is their mean; None or fewer than two
     values: the point has one seed). Each resampled point then also resamples its seeds, with
     replacement, and takes their mean: the intervals carry seed-to-seed noise as well as the
-    choice of points (a two-level bootstrap)."""
+    choice of points (a two-level bootstrap).
+
+    `se`: for each point, the standard error of its evaluation (over the validation windows it
+    scored; None or nan: none). Each resampled point then also moves by a normal draw of that
+    size, so the intervals carry evaluation noise too (one draw per point: its seeds were scored
+    on the same windows)."""
     C, L = _arrays(C, L)
     need = 3 if E is None else 2
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, C.size, size=(n, C.size))
     noisy = [np.asarray(s, float) if s is not None and len(s) > 1 else None for s in seeds or [None] * C.size]
+    eval_se = None if se is None else np.nan_to_num(np.asarray([np.nan if v is None else v for v in se], float))
+    if eval_se is not None and not np.any(eval_se > 0):
+        eval_se = None
     samples = []
     for row in idx:
         if np.unique(C[row]).size < need:
             continue
         L_row = L[row] if not any(s is not None for s in noisy) else np.array(
             [L[i] if noisy[i] is None else rng.choice(noisy[i], noisy[i].size).mean() for i in row])
+        if eval_se is not None:
+            L_row = L_row + rng.normal(0.0, eval_se[row])
         try:
             p = fit_power_law(C[row], L_row, E=E)
         except (ValueError, FloatingPointError, OverflowError):
@@ -185,7 +195,7 @@ def bootstrap(C, L, n: int = 1000, seed: int = 0, ci: float = 0.9, *, E: float |
     return Intervals(out, n=n, n_valid=len(samples), ci=ci)
 
 
-def fit_variant(C, L, *, bootstrap_n: int = 1000, seed: int = 0, ci: float = 0.9, seeds=None) -> dict:
+def fit_variant(C, L, *, bootstrap_n: int = 1000, seed: int = 0, ci: float = 0.9, seeds=None, se=None) -> dict:
     """The report's per-variant fit, with the few-points policy made explicit:
 
     - n >= 4 points: E, A and alpha all fitted;
@@ -195,7 +205,8 @@ def fit_variant(C, L, *, bootstrap_n: int = 1000, seed: int = 0, ci: float = 0.9
     Bootstrap intervals need more points than free parameters (an exact interpolation has no
     spread to resample): with 2 points and E fixed the intervals are None, and the note says so.
 
-    `seeds`: each point's per-seed losses (see `bootstrap`), for runs of several replicas.
+    `seeds`: each point's per-seed losses (see `bootstrap`), for runs of several replicas; `se`:
+    each point's evaluation standard error (see `bootstrap`).
 
     Returns a JSON-ready dict: n, status ('fit', 'E fixed at 0', 'insufficient points'),
     note, E/A/alpha (None without a fit), intervals {param: [lo, hi]}, ci, bootstrap_n,
@@ -222,7 +233,7 @@ def fit_variant(C, L, *, bootstrap_n: int = 1000, seed: int = 0, ci: float = 0.9
     if C.size <= free:  # as many parameters as points: every resample refits the same exact curve
         note += f"; no interval: {C.size} points determine the {free} parameters exactly"
     elif bootstrap_n > 0:
-        iv = bootstrap(C, L, n=bootstrap_n, seed=seed, ci=ci, E=E, seeds=seeds)
+        iv = bootstrap(C, L, n=bootstrap_n, seed=seed, ci=ci, E=E, seeds=seeds, se=se)
     return {**out, "status": status, "note": note, "E": p.E, "A": p.A, "alpha": p.alpha,
             "E_fixed": p.E_fixed, "rmse_log": p.rmse_log,
             "bootstrap_valid": iv.n_valid if iv is not None else 0,

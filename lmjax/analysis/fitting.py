@@ -39,11 +39,14 @@ def fit_all(df: pd.DataFrame, *, bootstrap_n: int = 1000, seed: int = SEED, ci: 
         if not len(sub) and (g.endswith("unknown") or g in counted):
             continue  # runs without a config.json yet (pending, or failed before starting)
         seeds = _seeds(sub)
+        se = sub["val_loss_se"].to_numpy(float) if "val_loss_se" in sub else None
         res = fits_lib.fit_variant(sub["compute"].to_numpy(float), sub["val_loss"].to_numpy(float),
-                                   bootstrap_n=bootstrap_n, seed=seed, ci=ci, seeds=seeds)
+                                   bootstrap_n=bootstrap_n, seed=seed, ci=ci, seeds=seeds, se=se)
         res["runs"] = sub["run"].tolist()
         if seeds is not None:  # seeds per run, as the bootstrap resampled them
             res["seeds"] = [len(s) if s else 1 for s in seeds]
+        if se is not None and np.isfinite(se).any():  # and the evaluation noise it added
+            res["eval_se"] = [float(v) for v in se]
         out[g] = res
     return out
 

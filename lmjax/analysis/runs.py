@@ -22,15 +22,16 @@ from lmjax.workdir import Workdir, number
 RESULT_COLUMNS = [
     "arg", "run", "variant", "status", "attention", "num_kv_heads", "window", "num_layers",
     "width", "params", "params_non_embedding", "steps", "batch_size", "seq_len", "final_step",
-    "tokens", "flops_per_token", "compute", "compute_6nd", "val_loss", "seeds", "val_loss_sd",
-    "val_loss_seeds", "val_bits_per_byte",
+    "tokens", "flops_per_token", "compute", "compute_6nd", "val_loss", "val_loss_se", "seeds", "val_loss_sd",
+    "val_loss_seeds", "val_bits_per_byte", "val_tokens", "val_bytes", "val_coverage",
     "val_perplexity", "wall_time", "tokens_per_s", "mfu", "error", "workdir",
 ]
 # Added to the results only when at least one run's run.json records its provenance.
 PROVENANCE_COLUMNS = ["code_commit", "host"]
 CURVE_COLUMNS = ["arg", "run", "variant", "status", "step", "tokens", "compute", "val_loss",
                  "val_bits_per_byte", "val_perplexity"]
-INT_COLUMNS = ("num_kv_heads", "window", "num_layers", "width", "steps", "batch_size", "seq_len", "seeds")
+INT_COLUMNS = ("num_kv_heads", "window", "num_layers", "width", "steps", "batch_size", "seq_len", "seeds",
+               "val_tokens", "val_bytes")
 
 
 class NoRunsError(LmjaxError):
@@ -270,6 +271,12 @@ def load_run(exp: Path, arg: str, name: str, path: Path, config_hash: str = "") 
         "tokens": tokens, "flops_per_token": flops_tok, "compute": flops_tok * tokens,
         "compute_6nd": math.nan if counted else 6.0 * n_ne * tokens,
         "val_loss": number(last_eval.get("val_loss")),
+        # the final evaluation's own noise (standard error over its windows; the seeds' mean), and
+        # how much of the split it scored (1.0: every target)
+        "val_loss_se": number(last_eval.get("val_loss_se")),
+        "val_tokens": number(last_eval.get("val_tokens")),
+        "val_bytes": number(last_eval.get("val_bytes")),
+        "val_coverage": number(last_eval.get("val_tokens")) / (number((info or {}).get("val_tokens")) - 1),
         "seeds": len(seeds) or (1 if config else None),
         "val_loss_sd": statistics.stdev(seeds) if len(seeds) > 1 else math.nan,
         "val_loss_seeds": seeds or None,

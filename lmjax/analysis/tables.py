@@ -22,11 +22,11 @@ def markdown_table(df: pd.DataFrame) -> str:
     several = df["arg"].nunique() > 1
     headers = (["arg"] if several else []) + [
         "run", "variant", "layers x width", "params", "non-emb params", "tokens", "compute (FLOPs)",
-        "6ND", "val loss", "val bits/byte", "wall time", "tokens/s", "status"]
+        "6ND", "val loss", "eval se", "val bytes scored", "val bits/byte", "wall time", "tokens/s", "status"]
     seeded = bool((df["seeds"].fillna(1) > 1).any())
     if seeded:  # runs of several replicas: their mean, the seeds' standard deviation and count
         headers[headers.index("val loss")] = "val loss (mean ± sd of seeds)"
-        headers.insert(headers.index("val bits/byte"), "seeds")
+        headers.insert(headers.index("eval se"), "seeds")
     rows = []
     for r in df.itertuples(index=False):
         shape = f"{r.num_layers} x {r.width}" if not (pd.isna(r.num_layers) or pd.isna(r.width)) else ""
@@ -36,7 +36,7 @@ def markdown_table(df: pd.DataFrame) -> str:
         rows.append(([r.arg] if several else []) + [
             r.run, r.variant, shape, si(r.params), si(r.params_non_embedding), si(r.tokens),
             sci(r.compute), sci(r.compute_6nd), loss] + ([str(r.seeds) if not pd.isna(r.seeds) else ""] if seeded else []) + [
-            fixed(r.val_bits_per_byte, ".4f"),
+            fixed(r.val_loss_se, ".4f"), _scored(r.val_bytes, r.val_coverage), fixed(r.val_bits_per_byte, ".4f"),
             duration(r.wall_time), fixed(r.tokens_per_s, ",.0f"), r.status])
     text = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
     failed = df[df["status"] == "failed"]
@@ -44,6 +44,14 @@ def markdown_table(df: pd.DataFrame) -> str:
         text += "\n\nFailed runs:\n" + "".join(
             f"- {r.workdir}: {r.error or 'see failed.json'}\n" for r in failed.itertuples(index=False))
     return text.rstrip("\n") + "\n"
+
+
+def _scored(nbytes, coverage) -> str:
+    """The bytes a final evaluation scored, and the share of the split's targets (all: "whole split")."""
+    if pd.isna(nbytes):
+        return ""
+    share = "whole split" if coverage >= 1 - 1e-9 else (f"{coverage:.1%} of the split" if math.isfinite(coverage) else "")
+    return f"{si(nbytes)}" + (f" ({share})" if share else "")
 
 
 def produced_by(df: pd.DataFrame, provenance: dict) -> str:
@@ -91,6 +99,8 @@ def fits_markdown(fitted: dict, front: list[dict], *, bootstrap_n: int, seed: in
 
     seeded = any(f.get("seeds") for f in fitted.values())
     of = "of the runs and, within each run, of its seeds" if seeded else "of the runs"
+    if any(f.get("eval_se") for f in fitted.values()):
+        of += ", each point moved by a normal draw of its evaluation's standard error"
     intervals = (f"{ci:.0%} percentile bootstrap, {bootstrap_n} resamples {of}, seed {seed}"
                  if bootstrap_n > 0 else "none (--bootstrap 0)")
     head = (f"Power-law fits L(C) = E + A * C^-alpha, C = training FLOPs (flops_per_token * tokens), "
