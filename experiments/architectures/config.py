@@ -15,8 +15,10 @@ from its own parameter count (`budget_steps`), as in experiments/attention_varia
   (evaluated with a sliding window, so every scored byte has its 7 previous bytes);
 - `ngram`: interpolated modified Kneser-Ney of orders 1-6, counted over the same training split.
 
-Every run evaluates the same validation windows (EVAL_BATCHES x 16 windows of 128 bytes) and
-records the loss at each position of the window, for the loss-against-position plot.
+Every run's final evaluation scores the whole validation split (every byte once, in windows of
+128, lmjax/training/evaluation.py) and records the loss at each position of the window, for the
+loss-against-position plot; the periodic ones during training score EVAL_BATCHES x 16 windows
+spread evenly over the split.
 Runs land in experiments/architectures/runs/default/<run name>/.
 """
 

@@ -17,6 +17,10 @@ each run's metrics, their mean and spread in the report). Sized to fit in about 
 2-core CPU (see `--dry-run` for the estimate).
 `gpu`: the same variants at widths 256..1024, context 1024, bfloat16 compute.
 
+Each run's final validation loss is evaluated on the whole validation split (every byte once,
+lmjax/training/evaluation.py), with its standard error over windows; the periodic evaluations
+during training score eval_batches x batch_size windows spread evenly over the split.
+
 Runs land in experiments/attention_variants/runs/<arg>/<run name>/.
 """
 
