@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from pathlib import Path
 from typing import Sequence
 
@@ -190,8 +189,8 @@ class Run:
         if self.config.model.family == "ngram":
             return evaluation.evaluate_ngram(self.params, data.val, **kw)
         setup = make_setup(self.config, vocab_size=self.tokenizer.vocab_size, mesh=_one_device_mesh())
-        # Which windows are scored does not depend on the batch: one of at most 64 rows bounds memory.
-        return evaluation.evaluate(setup, self.params, data.val, batch_size=math.gcd(tc.batch_size, 64), **kw)
+        rows = evaluation.batch_rows(tc.batch_size, tc.seq_len, self.model_cfg.vocab_size)
+        return evaluation.evaluate(setup, self.params, data.val, batch_size=rows, **kw)
 
 
 def replica_row(row: dict, k: int) -> dict:

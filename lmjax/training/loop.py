@@ -219,7 +219,8 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
 
     writer = MetricsWriter(wd, enabled=main)
     tokens_per_step = tc.batch_size * tc.seq_len
-    eval_kw = dict(batch_size=tc.batch_size, seq_len=tc.seq_len, token_bytes=data.tokenizer.token_bytes())
+    eval_kw = dict(batch_size=evaluation.batch_rows(tc.batch_size, tc.seq_len, setup.model_cfg.vocab_size, tc.replicas),
+                   seq_len=tc.seq_len, token_bytes=data.tokenizer.token_bytes())
     bar = tqdm(total=tc.steps, initial=start, disable=not (progress and main), unit="step",
                dynamic_ncols=True)
     tok_json = data.tokenizer.to_json()
