@@ -39,10 +39,11 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "xl": (24, 32, 2048),
 }
 
-FAMILIES = ("decoder", "encoder", "lstm", "mlp", "ngram")
+FAMILIES = ("decoder", "encoder", "lstm", "gru", "rnn", "mlp", "ngram")
 TRANSFORMERS = ("decoder", "encoder")  # the families built from attention blocks
-NEURAL = ("decoder", "encoder", "lstm", "mlp")  # the families trained by gradient steps
-CAUSAL = ("decoder", "lstm", "mlp", "ngram")  # the next-token language models (all but encoder)
+RECURRENT = ("lstm", "gru", "rnn")  # one recurrent module, its cell named by the family
+NEURAL = ("decoder", "encoder", *RECURRENT, "mlp")  # the families trained by gradient steps
+CAUSAL = ("decoder", *RECURRENT, "mlp", "ngram")  # the next-token language models (all but encoder)
 COUNTED_STEP = 1  # an n-gram model is counted, not trained: its checkpoint and result are "step 1"
 TOKENIZERS = ("byte", "char", "sentencepiece", "hf")
 SP_MODEL_TYPES = ("bpe", "unigram")
@@ -141,10 +142,10 @@ class _CommonModelKeys:
     family: str = key("decoder", "the model family", choices=FAMILIES)
     size: str = key("", "a name from SIZES; sets num_layers, num_heads and width", choices=("", *SIZES),
                     families=NEURAL)
-    num_layers: int = key(4, "blocks (decoder), LSTM layers (lstm), tanh hidden layers (mlp)", minimum=1,
-                          families=NEURAL)
-    width: int = key(256, "residual stream width; the LSTM's and the MLP's hidden and embedding width",
-                     minimum=1, families=NEURAL)
+    num_layers: int = key(4, "blocks (decoder), recurrent layers (lstm, gru, rnn), tanh hidden layers "
+                          "(mlp)", minimum=1, families=NEURAL)
+    width: int = key(256, "residual stream width; the recurrent models' and the MLP's hidden and "
+                     "embedding width", minimum=1, families=NEURAL)
     dropout: float = key(0.0, "dropout after the embedding and each residual branch", families=NEURAL)
     dtype: str = key("float32", "compute dtype; parameters are always float32", choices=DTYPES,
                      families=NEURAL)
@@ -187,10 +188,11 @@ class _TransformerKeys:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class _LstmKeys:
-    unroll: int = key(0, "lstm: time steps per iteration of the recurrent loop (nn.RNN's unroll), a "
-                      "speed setting; 0: 8 on GPUs (2x faster than 1 on an H100), 1 elsewhere (8 is "
-                      "~10% slower on CPU)", minimum=0, families=("lstm",), identity=False)
+class _RecurrentKeys:
+    unroll: int = key(0, "lstm, gru, rnn: time steps per iteration of the recurrent loop (nn.RNN's "
+                      "unroll), a speed setting; 0: 8 on GPUs (2x faster than 1 on an H100 for the "
+                      "LSTM), 1 elsewhere (8 is ~10% slower on CPU)", minimum=0, families=RECURRENT,
+                      identity=False)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -214,7 +216,7 @@ class _NgramKeys:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ModelConfig(_CommonModelKeys, _TransformerKeys, _LstmKeys, _MlpLmKeys, _EncoderKeys, _NgramKeys):
+class ModelConfig(_CommonModelKeys, _TransformerKeys, _RecurrentKeys, _MlpLmKeys, _EncoderKeys, _NgramKeys):
     """config.model, plus the two dimensions the model needs from elsewhere."""
 
     vocab_size: int = derived("the tokenizer's vocabulary (0 until the data is prepared)")

@@ -322,6 +322,8 @@ def test_variant_labels():
     assert label(attention="mha", window=32) == "window32"
     assert label(attention="gqa", num_kv_heads=2, window=32) == "gqa-kv2-window32"
     assert label(attention="linear") == "linear"
+    for family in ("lstm", "gru", "rnn"):  # a recurrent family's variant is its depth
+        assert variant_label({"model": {"family": family, "num_layers": 2}}) == f"{family}-2l"
     assert variant_label(None) == "unknown"
 
 

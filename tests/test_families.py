@@ -83,12 +83,36 @@ def test_family_trains_sharded_like_one_device_and_resumes_exactly(family, tmp_p
     assert ev["loss"] == pytest.approx(final["val_loss"], rel=1e-5)
 
 
+def test_elman_rnn_trains_sharded_resumes_and_samples(tmp_path):
+    """The lstm's path above, shortened, for a second cell of the same module (models/recurrent.py;
+    the gru's differs from both only in its cell, tested in test_recurrent.py): the run records
+    the cell's own counts, trains sharded as on one device, resumes bitwise, and a loaded run
+    samples through the decode cache."""
+    family = "rnn"
+    one, sharded, resumed = tmp_path / "one", tmp_path / "sharded", tmp_path / "resumed"
+    c = family_config(family, num_layers=1, width=32)
+    c.mesh.update(data=1, fsdp=1, tensor=1)
+    train(c, one, progress=False, devices=jax.devices()[:1])
+    assert losses(one)[-1] < losses(one)[0]
+    info = json.loads((one / "run.json").read_text())
+    cfg = config_lib.resolve(c).model.replace(vocab_size=256)
+    assert info["flops_per_token"] == families.flops_per_token(cfg, 32)
+    assert_sharded_and_resumed_runs_match(c, one, sharded, resumed)
+    run = lmjax.load(one)
+    assert run.config.model.family == family
+    assert info["params"] == sum(x.size for x in jax.tree.leaves(run.params))  # the stored tree
+    assert len(run.generate("ROMEO:", max_new_tokens=5, temperature=0.0).encode("utf-8", "replace")) >= 1
+
+
 @pytest.mark.parametrize("family, key, value", [
     ("lstm", "attention", "gqa"),
     ("lstm", "num_kv_heads", 2),
     ("mlp", "positions", "learned"),
     ("decoder", "context", 4),
     ("lstm", "direct", True),
+    ("gru", "window", 8),
+    ("rnn", "context", 4),
+    ("mlp", "unroll", 8),
     ("mlp", "order", 5),
 ])
 def test_keys_of_another_family_are_refused(family, key, value):
@@ -100,7 +124,7 @@ def test_keys_of_another_family_are_refused(family, key, value):
 def test_neural_keys_are_refused_for_ngram():
     c = config_lib.base_config()
     c.model.family, c.model.width = "ngram", 64
-    with pytest.raises(ConfigError, match="config.model.width applies to the decoder, encoder, lstm and mlp "
+    with pytest.raises(ConfigError, match="config.model.width applies to the decoder, encoder, lstm, gru, rnn and mlp "
                                           "families, not config.model.family='ngram'"):
         config_lib.resolve(c)
 

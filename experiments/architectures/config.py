@@ -1,7 +1,7 @@
 """The Transformer against the models it replaced, at a fixed token budget per parameter.
 
     lmjax sweep --config experiments/architectures/config.py --dry-run   # list the runs
-    lmjax sweep --config experiments/architectures/config.py             # ~1 h on a 2-core CPU
+    lmjax sweep --config experiments/architectures/config.py             # ~1.5 h on a 2-core CPU
     lmjax report experiments/architectures
 
 Byte-level Python stdlib (no download), context 128, batch 16, every neural run trained for
@@ -11,6 +11,9 @@ from its own parameter count (`budget_steps`), as in experiments/attention_varia
 - `decoder`: the pre-norm Transformer (RoPE, RMSNorm, multi-head attention), 4 sizes;
 - `lstm1`, `lstm2`: LSTM language models of 1 and 2 layers (Kaplan et al. 2020, section 3.2),
   4 widths each, sized to about the decoder's non-embedding parameter counts;
+- `gru1`, `gru2`, `rnn1`, `rnn2`: the same with GRU cells and with plain tanh (Elman) cells, at
+  about the LSTMs' parameter counts (the GRU has 3 gates to the LSTM's 4, the Elman cell 1, so
+  they are wider: the Elman cell exactly twice the LSTM's width);
 - `mlp`: Bengio et al. (2003), the previous 8 bytes' embeddings through one tanh layer, 4 widths
   (evaluated with a sliding window, so every scored byte has its 7 previous bytes);
 - `ngram`: interpolated modified Kneser-Ney of orders 1-6, counted over the same training split.
@@ -27,6 +30,13 @@ from lmjax.config import base_config
 TOKENS_PER_PARAM = 20
 EVAL_BATCHES = 32
 
+
+
+def _recurrent(family: str, num_layers: int, widths) -> dict:
+    return {f"s{i + 1}": {"model.family": family, "model.num_layers": num_layers, "model.width": w}
+            for i, w in enumerate(widths)}
+
+
 # family label -> {size label: overrides}; about 12k, 50k, 100k and 330k non-embedding parameters
 NEURAL = {
     "decoder": {
@@ -35,10 +45,12 @@ NEURAL = {
         "s3": {"model.num_layers": 2, "model.num_heads": 4, "model.width": 64},
         "s4": {"model.num_layers": 3, "model.num_heads": 4, "model.width": 96},
     },
-    "lstm1": {f"s{i + 1}": {"model.family": "lstm", "model.num_layers": 1, "model.width": w}
-              for i, w in enumerate((40, 80, 112, 200))},
-    "lstm2": {f"s{i + 1}": {"model.family": "lstm", "model.num_layers": 2, "model.width": w}
-              for i, w in enumerate((28, 56, 80, 144))},
+    "lstm1": _recurrent("lstm", 1, (40, 80, 112, 200)),
+    "lstm2": _recurrent("lstm", 2, (28, 56, 80, 144)),
+    "gru1": _recurrent("gru", 1, (46, 92, 129, 231)),
+    "gru2": _recurrent("gru", 2, (32, 65, 92, 166)),
+    "rnn1": _recurrent("rnn", 1, (80, 160, 224, 400)),
+    "rnn2": _recurrent("rnn", 2, (56, 112, 160, 288)),
     "mlp": {f"s{i + 1}": {"model.family": "mlp", "model.num_layers": 1, "model.width": w}
             for i, w in enumerate((40, 80, 112, 200))},
 }

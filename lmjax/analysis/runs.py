@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lmjax.config import COUNTED_STEP
+from lmjax.config import COUNTED_STEP, RECURRENT
 from lmjax.errors import LmjaxError
 from lmjax.workdir import Workdir, number
 
@@ -131,8 +131,8 @@ def variant_label(config: dict | None) -> str:
     """A run's variant from its config.json: `mha`, `mqa`, `linear`, `gqa-kv2` (grouped-query
     with 2 kv heads), `window32` (multi-head with a 32-token sliding window), `gqa-kv2-window32`
     (any other attention with a window); for the other families their name with what sets it
-    apart (`lstm-2l`: layers, `mlp-ctx8`: context, `ngram-o5`: order; `encoder`); `unknown`
-    without a model config."""
+    apart (`lstm-2l`, `gru-1l`, `rnn-2l`: layers, `mlp-ctx8`: context, `ngram-o5`: order;
+    `encoder`); `unknown` without a model config."""
     model = _get(config, "model")
     family = model.get("family", "decoder") if isinstance(model, dict) else "decoder"
     if family == "mlp":
@@ -141,8 +141,8 @@ def variant_label(config: dict | None) -> str:
         return f"ngram-o{model.get('order')}"
     if family == "encoder":
         return "encoder"
-    if family == "lstm":  # depth is the LSTM's variant (Kaplan et al. compare 1, 2, 4 layers)
-        return f"lstm-{model.get('num_layers')}l"
+    if family in RECURRENT:  # depth is the variant (Kaplan et al. compare 1, 2, 4 LSTM layers)
+        return f"{family}-{model.get('num_layers')}l"
     if family != "decoder":
         return str(family)
     if not isinstance(model, dict) or "attention" not in model:

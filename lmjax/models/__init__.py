@@ -1,4 +1,5 @@
-"""The model families (decoder Transformer, LSTM, MLP), the attention kernels, and sampling.
+"""The model families (decoder Transformer, recurrent: LSTM, GRU, Elman; MLP), the attention
+kernels, and sampling.
 
 `param_count`, `flops_per_token`, `init_params` and `init_cache` dispatch on cfg.family
 (`families.py`); `build(cfg)` is the family's Flax module."""

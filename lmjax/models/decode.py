@@ -1,6 +1,7 @@
 """Sampling from a trained model and scoring token sequences. Every family and attention variant
 decodes through the same `decode=True` calls: the Transformer with its KV cache (linear attention
-with its running state), the LSTM with its recurrent state, the MLP with its last tokens."""
+with its running state), the recurrent models (lstm, gru, rnn) with their state, the MLP with its
+last tokens."""
 
 from __future__ import annotations
 

@@ -15,14 +15,14 @@ import jax
 import jax.numpy as jnp
 
 from lmjax.config import ModelConfig
-from lmjax.models import lstm, mlp_lm, transformer
+from lmjax.models import mlp_lm, recurrent, transformer
 from lmjax.models.layers import unboxed
 
 # family -> (its module, its model class)
 MODULES = {
     "decoder": (transformer, transformer.Transformer),
     "encoder": (transformer, transformer.Transformer),  # the same blocks, bidirectional
-    "lstm": (lstm, lstm.LSTMLM),
+    **{family: (recurrent, recurrent.RecurrentLM) for family in recurrent.CELLS},  # lstm, gru, rnn
     "mlp": (mlp_lm, mlp_lm.MlpLM),
 }
 

@@ -1,6 +1,6 @@
 """What a family learns from a batch of token windows [B, L+1]: (inputs, targets, weights).
 
-- next token (decoder, lstm, mlp): inputs are the first L tokens, targets the last L.
+- next token (decoder, lstm, gru, rnn, mlp): inputs are the first L tokens, targets the last L.
 - masked LM (encoder, BERT's recipe): the first L tokens; each position is chosen with
   probability config.model.mask_rate (0.15); a chosen position's input becomes [MASK] with
   probability 0.8, a uniformly random token with 0.1, and stays itself with 0.1; the loss is on

@@ -1,3 +1,5 @@
+"""The recurrent families (lstm, gru, rnn: one module, `lmjax.models.recurrent`, three cells)."""
+
 import dataclasses
 import functools
 
@@ -7,17 +9,28 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmjax.config import MeshConfig, ModelConfig
+from lmjax.config import RECURRENT, MeshConfig, ModelConfig
 from lmjax.models import init_cache, init_params, unembedding_VD
-from lmjax.models.lstm import LSTMLM, flops_per_token, param_count
+from lmjax.models.recurrent import CELLS, RecurrentLM, flops_per_token, param_count
 from lmjax.training import sharding
 from lm_testing import decode_step, forward, random_tokens
 
 VOCAB, MAX_LEN = 50, 32
+# family -> (its cell's parameters: input kernels without bias, with bias; recurrent likewise)
+LAYOUTS = {
+    "lstm": ({"ii", "if", "ig", "io"}, set(), set(), {"hi", "hf", "hg", "ho"}),
+    "gru": (set(), {"ir", "iz", "in"}, {"hr", "hz"}, {"hn"}),
+    "rnn": (set(), {"i"}, {"h"}, set()),
+}
+PER_LAYER = {"lstm": lambda D: 8 * D * D + 4 * D, "gru": lambda D: 6 * D * D + 4 * D,
+             "rnn": lambda D: 2 * D * D + D}  # the docstrings' formulas, written out
+STATE = {"lstm": ("c", "h"), "gru": ("h",), "rnn": ("h",)}
+# every cell, and both heads (tied, untied) on one: the head does not depend on the cell
+CELLS_AND_HEADS = [("lstm", True), ("lstm", False), ("gru", False), ("rnn", True)]
 
 
-def tiny(**kw) -> ModelConfig:
-    base = dict(family="lstm", vocab_size=VOCAB, max_len=MAX_LEN, num_layers=2, width=32)
+def tiny(family="lstm", **kw) -> ModelConfig:
+    base = dict(family=family, vocab_size=VOCAB, max_len=MAX_LEN, num_layers=2, width=32)
     return ModelConfig(**{**base, **kw})
 
 
@@ -26,39 +39,46 @@ def tokens(seed, shape=(2, 16)):
 
 
 @functools.cache
-def model(tie=True):
-    cfg = tiny(tie_embeddings=tie)
+def model(family="lstm", tie=True):
+    cfg = tiny(family, tie_embeddings=tie)
     return cfg, init_params(cfg, jax.random.key(0))
 
 
-@pytest.mark.parametrize("cfg", [tiny(), tiny(tie_embeddings=False), tiny(num_layers=1),
-                                 tiny(num_layers=1, tie_embeddings=False, width=24)])
-def test_param_count_matches_tree(cfg):
+def test_every_recurrent_family_has_a_cell():
+    assert set(CELLS) == set(RECURRENT) == set(LAYOUTS)
+
+
+@pytest.mark.parametrize("family", RECURRENT)
+@pytest.mark.parametrize("kw", [{}, dict(tie_embeddings=False), dict(num_layers=1),
+                                dict(num_layers=1, tie_embeddings=False, width=24)])
+def test_param_count_matches_tree(family, kw):
+    cfg = tiny(family, **kw)
     params = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
     total = sum(x.size for x in jax.tree.leaves(params))
     assert param_count(cfg) == total
     embedding = params["embedding"].size + (0 if cfg.tie_embeddings else params["unembed"]["kernel"].size)
     assert param_count(cfg, embeddings=False) == total - embedding
-    D = cfg.width
-    assert param_count(cfg, embeddings=False) == cfg.num_layers * (8 * D * D + 4 * D)
+    assert param_count(cfg, embeddings=False) == cfg.num_layers * PER_LAYER[family](cfg.width)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
-    cell = params["layer_0"]["rnn"]["cell"]  # OptimizedLSTMCell: input kernels, recurrent + bias
-    assert set(cell) == {"ii", "if", "ig", "io", "hi", "hf", "hg", "ho"}
-    assert all(set(cell[g]) == {"kernel"} for g in ("ii", "if", "ig", "io"))
-    assert all(set(cell[g]) == {"kernel", "bias"} for g in ("hi", "hf", "hg", "ho"))
+    cell = params["layer_0"]["rnn"]["cell"]
+    in_plain, in_biased, rec_plain, rec_biased = LAYOUTS[family]
+    assert set(cell) == in_plain | in_biased | rec_plain | rec_biased
+    assert all(set(cell[g]) == {"kernel"} for g in in_plain | rec_plain)
+    assert all(set(cell[g]) == {"kernel", "bias"} for g in in_biased | rec_biased)
 
 
-def test_flops_per_token():
-    cfg = tiny(num_layers=3, width=64)
-    want = 3.0 * (2 * 3 * 8 * 64 * 64 + 2 * VOCAB * 64)
+@pytest.mark.parametrize("family, gates", [("lstm", 4), ("gru", 3), ("rnn", 1)])
+def test_flops_per_token(family, gates):
+    cfg = tiny(family, num_layers=3, width=64)
+    want = 3.0 * (2 * 3 * 2 * gates * 64 * 64 + 2 * VOCAB * 64)
     assert flops_per_token(cfg, 16) == want
     assert flops_per_token(cfg, 1024, count_masked=True) == want  # no dependence on the context
     assert flops_per_token(dataclasses.replace(cfg, tie_embeddings=False), 16) == want
 
 
-@pytest.mark.parametrize("tie", [True, False])
-def test_causal(tie):
-    cfg, params = model(tie)
+@pytest.mark.parametrize("family, tie", CELLS_AND_HEADS)
+def test_causal(family, tie):
+    cfg, params = model(family, tie)
     a_BL = tokens(1)
     t = 9
     b_BL = a_BL.at[:, t].set((a_BL[:, t] + 7) % VOCAB)
@@ -68,24 +88,26 @@ def test_causal(tie):
     assert np.abs(la[:, t:] - lb[:, t:]).max() > 1e-4  # token t changes its own and later logits
 
 
-def test_cache_layout():
-    cfg, _ = model()
+@pytest.mark.parametrize("family", RECURRENT)
+def test_cache_layout(family):
+    cfg, _ = model(family)
     cache = init_cache(cfg, 3)
     assert cache["cache_index"].shape == () and cache["cache_index"].dtype == jnp.int32
     assert set(cache) == {"cache_index", "layer_0", "layer_1"}
     for i in range(cfg.num_layers):
-        for name in ("c", "h"):
+        assert set(cache[f"layer_{i}"]) == set(STATE[family])
+        for name in STATE[family]:
             x = cache[f"layer_{i}"][name]
             assert x.shape == (3, cfg.width) and x.dtype == jnp.float32 and not np.any(x)
     # init(decode=True) creates an empty cache, whatever the tokens, and writes nothing to it.
-    made = LSTMLM(cfg).init(jax.random.key(1), tokens(2, (3, 5)), decode=True)["cache"]
+    made = RecurrentLM(cfg).init(jax.random.key(1), tokens(2, (3, 5)), decode=True)["cache"]
     assert int(made["cache_index"]) == 0
     assert all(not np.any(x) for x in jax.tree.leaves(made))
 
 
-@pytest.mark.parametrize("tie", [True, False])
-def test_decode_matches_forward(tie):
-    cfg, params = model(tie)
+@pytest.mark.parametrize("family, tie", CELLS_AND_HEADS)
+def test_decode_matches_forward(family, tie):
+    cfg, params = model(family, tie)
     toks_BL = tokens(3, (2, 12))
     full_BLV = forward(params, toks_BL, cfg=cfg)
     prefix = 5
@@ -101,7 +123,7 @@ def test_decode_matches_forward(tie):
     np.testing.assert_allclose(cache[f"layer_{cfg.num_layers - 1}"]["h"], hidden_BLD[:, -1], atol=1e-6)
 
 
-def test_dropout():
+def test_dropout():  # the dropout sits between the layers, the same for every cell
     cfg = tiny(dropout=0.3)
     params = init_params(cfg, jax.random.key(0))
     x_BL = tokens(4)
@@ -117,7 +139,7 @@ def test_dropout():
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_hidden_states_project_to_logits(tie):
-    cfg, params = model(tie)
+    cfg, params = model("lstm", tie)
     x_BL = tokens(5)
     hidden_BLD = forward(params, x_BL, cfg=cfg, logits=False)
     assert hidden_BLD.shape == (2, 16, cfg.width)
@@ -125,32 +147,34 @@ def test_hidden_states_project_to_logits(tie):
     np.testing.assert_allclose(logits_BLV, forward(params, x_BL, cfg=cfg), atol=1e-5)
 
 
-def test_bfloat16_close_to_float32():
-    cfg32, params = model()
+@pytest.mark.parametrize("family", RECURRENT)
+def test_bfloat16_close_to_float32(family):
+    cfg32, params = model(family)
     cfg16 = dataclasses.replace(cfg32, dtype="bfloat16")
     x_BL = tokens(6)
     l32, l16 = forward(params, x_BL, cfg=cfg32), forward(params, x_BL, cfg=cfg16)
     assert l16.dtype == jnp.float32 and not np.array_equal(l16, l32)
     np.testing.assert_allclose(l16, l32, atol=0.05 * np.abs(l32).max())
-    cache = init_cache(cfg16, 2)  # the carry stays float32 through a bfloat16 decode step
+    cache = init_cache(cfg16, 2)  # the cache stays float32 through a bfloat16 decode step
     _, cache = decode_step(params, cache, x_BL[:, :3], cfg=cfg16)
     assert all(x.dtype == jnp.float32 for k, x in jax.tree_util.tree_leaves_with_path(cache)
                if "cache_index" not in jax.tree_util.keystr(k))
 
 
-@pytest.mark.parametrize("tie", [True, False])
-def test_init_and_forward_under_mesh(tie):
-    cfg = tiny(tie_embeddings=tie, width=16)
+@pytest.mark.parametrize("family, tie", CELLS_AND_HEADS)
+def test_init_and_forward_under_mesh(family, tie):
+    cfg = tiny(family, tie_embeddings=tie, width=16)
     mesh = sharding.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
-    init = jax.jit(lambda rng: LSTMLM(cfg).init(rng, jnp.zeros((1, 8), jnp.int32))["params"])
+    init = jax.jit(lambda rng: RecurrentLM(cfg).init(rng, jnp.zeros((1, 8), jnp.int32))["params"])
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         boxed = jax.eval_shape(init, jax.random.key(0))
     shardings = sharding.tree_shardings(mesh, boxed)  # outside the rules context, as make_setup
     flat = {jax.tree_util.keystr(k): s.spec for k, s in jax.tree_util.tree_leaves_with_path(shardings)}
     P = jax.sharding.PartitionSpec
-    assert flat["['layer_0']['rnn']['cell']['ii']['kernel']"] == P("fsdp", "tensor")
-    assert flat["['layer_1']['rnn']['cell']['ho']['kernel']"] == P("fsdp", "tensor")
-    assert flat["['layer_1']['rnn']['cell']['ho']['bias']"] == P("tensor")
+    cell = {k: spec for k, spec in flat.items() if k.startswith("['layer_1']['rnn']['cell']")}
+    assert len(cell) == sum(map(len, LAYOUTS[family])) + len(LAYOUTS[family][1] | LAYOUTS[family][3])
+    for k, spec in cell.items():  # every kernel [D, D] as ('embed', 'mlp'), every bias as 'mlp'
+        assert spec == (P("fsdp", "tensor") if k.endswith("['kernel']") else P("tensor")), k
     assert flat["['embedding']"] == P("tensor", None)
     if not tie:
         assert flat["['unembed']['kernel']"] == P("fsdp", "tensor")
@@ -161,7 +185,7 @@ def test_init_and_forward_under_mesh(tie):
     x_BL = tokens(7, (8, 16))
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         params = jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=shardings)(jax.random.key(0))
-        sharded = jax.jit(lambda p, x: LSTMLM(cfg).apply({"params": p}, x))(
+        sharded = jax.jit(lambda p, x: RecurrentLM(cfg).apply({"params": p}, x))(
             params, jax.device_put(x_BL, sharding.batch_sharding(mesh)))
     np.testing.assert_allclose(sharded, forward(jax.device_get(params), x_BL, cfg=cfg), atol=1e-6)
 
