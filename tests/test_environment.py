@@ -32,8 +32,9 @@ def test_lock_pins_every_dependency_at_an_allowed_version():
     lock = {}
     for line in (REPO / "constraints.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
-            name, version = re.fullmatch(r"([A-Za-z0-9_.-]+)==([0-9][A-Za-z0-9.]*)", line.strip()).groups()
-            lock[_name(name)] = version
+            pin = re.fullmatch(r"([A-Za-z0-9_.-]+)==([0-9][A-Za-z0-9.]*)", line.strip())
+            assert pin, f"constraints.txt: {line!r} is not NAME==VERSION (without a local label: +cpu)"
+            lock[_name(pin[1])] = pin[2]
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     for spec in project["dependencies"] + extras["dev"] + extras["hf"]:
