@@ -114,11 +114,13 @@ class DataConfig:
     vocab_size: int = key(0, "sentencepiece: the vocabulary to train; hf: the model's (>= the "
                           "tokenizer's; 0: the tokenizer's); byte/char derive theirs", minimum=0)
     tokenizer_path: str = key("", "tokenizer='hf': a Hugging Face tokenizer.json (`lmjax import` "
-                              "writes one into the workdir); needs the hf extra")
+                              "writes one into the workdir); needs the hf extra",
+                              identity=False)  # its contents are checked on resume, not its place
     sp_model_type: str = key("bpe", "sentencepiece model", choices=SP_MODEL_TYPES)
     val_fraction: float = key(0.1, "share held out: by file (stdlib, globs) or the text's tail")
-    data_dir: str = key("", "where named corpora live; empty means $LMJAX_DATA_DIR")
-    cache_dir: str = key("", "token caches; empty means $LMJAX_CACHE_DIR or ~/.cache/lmjax")
+    data_dir: str = key("", "where named corpora live; empty means $LMJAX_DATA_DIR", identity=False)
+    cache_dir: str = key("", "token caches; empty means $LMJAX_CACHE_DIR or ~/.cache/lmjax",
+                         identity=False)
 
     def __post_init__(self):
         _check_keys(self, "data")
@@ -180,7 +182,7 @@ class _TransformerKeys:
     scan_layers: bool = key(False, "one nn.scan over stacked layers (compiles one layer, not N)",
                             families=TRANSFORMERS)
     remat: bool = key(False, "recompute each block's activations in the backward pass",
-                      families=TRANSFORMERS)
+                      families=TRANSFORMERS, identity=False)
     remat_policy: str = key("nothing", "with remat: what the backward may keep instead of recomputing: "
                             "'nothing', 'dots' (every matmul output) or 'dots_no_batch' (the "
                             "projections', not attention's batched dots)",
@@ -485,6 +487,13 @@ def base_config() -> ml_collections.ConfigDict:
         {name: {f.name: f.default for f in keys(cls)} for name, cls in SECTIONS.items()})
 
 
+def fill_defaults(saved: Mapping) -> dict:
+    """A saved config (config.json, a checkpoint's) as today's schema reads it: every key of every
+    section, a key added to the schema since at its default (keys it no longer has are left out)."""
+    return {name: {f.name: saved.get(name, {}).get(f.name, f.default) for f in keys(cls)}
+            for name, cls in SECTIONS.items()}
+
+
 def flat_keys(c: Mapping | None = None, prefix: str = "") -> list[str]:
     """Dotted keys of `c` (default: the schema), e.g. 'model.width'."""
     if c is None:
@@ -529,18 +538,42 @@ def _build(cls, name: str, values: Mapping, **derived_values):
     return cls(**values, **derived_values)
 
 
-def _check_family(model: dict) -> None:
+def _other_family_keys(model: Mapping) -> list[dataclasses.Field]:
+    """The keys of config.model that only families other than config.model.family use."""
     family = model.get("family", ModelConfig.family)
     if family not in FAMILIES:
-        return  # ModelConfig names the valid families
-    for f in keys(ModelConfig):
-        users = f.metadata["families"]
-        if users and family not in users and f.name in model and model[f.name] != f.default:
-            names = users[0] if len(users) == 1 else f"{', '.join(users[:-1])} and {users[-1]}"
-            raise ConfigError(
-                f"config.model.{f.name} applies to the {names} famil{'ies' if len(users) > 1 else 'y'}, "
-                f"not config.model.family={family!r}; leave it at its default ({f.default!r}) or "
-                "choose another family")
+        return []  # ModelConfig names the valid families
+    return [f for f in keys(ModelConfig) if f.metadata["families"] and family not in f.metadata["families"]]
+
+
+def _family_error(f: dataclasses.Field, family: str) -> ConfigError:
+    users = f.metadata["families"]
+    names = users[0] if len(users) == 1 else f"{', '.join(users[:-1])} and {users[-1]}"
+    return ConfigError(
+        f"config.model.{f.name} applies to the {names} famil{'ies' if len(users) > 1 else 'y'}, "
+        f"not config.model.family={family!r}; leave it at its default ({f.default!r}) or "
+        "choose another family")
+
+
+def _check_family(model: dict) -> None:
+    for f in _other_family_keys(model):
+        if f.name in model and model[f.name] != f.default:
+            raise _family_error(f, model["family"])
+
+
+def reset_other_family_keys(c: ml_collections.ConfigDict, given: list[str]) -> list[str]:
+    """Set the config.model keys of other families than config.model.family back to their
+    defaults, so a family chosen on the command line works from a config file written for
+    another; returns the names reset. A key in `given` (dotted: those set on the command line)
+    is refused instead."""
+    reset = []
+    for f in _other_family_keys(c.model):
+        if f"model.{f.name}" in given:
+            raise _family_error(f, c.model.family)
+        if c.model[f.name] != f.default:
+            c.model[f.name] = f.default
+            reset.append(f.name)
+    return reset
 
 
 def resolve(c) -> Config:

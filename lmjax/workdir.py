@@ -16,7 +16,7 @@ the report agree on it:
     sweep.lock      held (flock) by the process training the run for a sweep
 
 Status, derived from those files and nothing else (see `Workdir.status`):
-    done     result.json, for the expected config, and not short of its steps
+    done     result.json, for the expected config (every key, defaults included), and not short of its steps
     stale    result.json written for another config than the sweep now declares
     running  another process holds sweep.lock (only when asked to look at the lock)
     failed   failed.json (and no result.json)
@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import math
 import os
 import time
 from pathlib import Path
 
+from lmjax import config as config_lib
 from lmjax.errors import LmjaxError
 
 CONFIG = "config.json"
@@ -51,6 +53,12 @@ LOG = "train.log"
 LOCK = "sweep.lock"
 
 STATUSES = ("done", "stale", "running", "failed", "partial", "pending")
+
+
+def config_hash(config: dict) -> str:
+    """sha256 of every key of a resolved config (`Config.to_dict()`): a finished run is stale for
+    a sweep that now declares any other value, a changed schema default included."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class WorkdirError(LmjaxError):
@@ -249,7 +257,7 @@ class Workdir:
         locked = check_lock and self.locked_elsewhere()
         result = self.result()
         if result is not None:
-            if config_hash and result.get("config_hash") != config_hash:
+            if config_hash and result.get("config_hash") != config_hash and not self.ran(config_hash):
                 return "running" if locked else "stale"
             step = number(result.get("step"))
             if result.get("preempted") or (steps and math.isfinite(step) and step < steps):
@@ -262,6 +270,13 @@ class Workdir:
         if self.has_checkpoints() or self.metrics(tail_bytes=4096):  # any logged step
             return "partial"
         return "pending"
+
+    def ran(self, declared_hash: str) -> bool:
+        """Whether config.json (the config the run trained under), read with today's schema,
+        hashes to `declared_hash`: a result.json recorded before keys were added to the schema
+        (at defaults that keep what it computes) still counts as done."""
+        saved = self.config()
+        return saved is not None and config_hash(config_lib.fill_defaults(saved)) == declared_hash
 
     # --- the sweep's lock ----------------------------------------------------------------------
 

@@ -141,3 +141,79 @@ def test_console_script_reexecutes_before_heavy_imports():
     code = "import sys, lmjax.cli; print(sorted({'jax', 'absl', 'ml_collections', 'numpy'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "[]"
+
+
+def _flags_of(command):
+    from absl import flags
+
+    from lmjax.cli.main import DELEGATED, command_flags
+
+    if command not in DELEGATED:
+        return command_flags(command)
+    import importlib
+
+    fv = flags.FlagValues()
+    importlib.import_module(DELEGATED[command])._define(fv)
+    return fv
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "sample", "finetune", "export", "import", "sweep", "report"])
+def test_command_help_lists_its_flags(command, capsys):
+    from lmjax.cli.main import COMMANDS
+
+    assert command in COMMANDS
+    code, out, err = run_cli([command, "--config.model.widht=3", "--help"], capsys)  # help wins
+    assert code == 0 and not err, err
+    for name in _flags_of(command):
+        if name != "config" or command in ("train", "sweep"):  # import's and finetune's: its keys
+            assert f"--{name}:" in out or f"--[no]{name}:" in out, name
+    if command in ("train", "import"):
+        assert "--config.model.width=256:" in out and "--config.train.muon_ns_steps=5:" in out
+    if command == "finetune":
+        assert "--config.finetune.steps=300:" in out
+
+
+def test_sweep_usage_names_every_flag():
+    from lmjax.sweeps import cli
+
+    usage = cli.__doc__.split("Exit status")[0]
+    for name in _flags_of("sweep"):
+        assert f"--{name}" in usage or f"--no{name}" in usage or f"--{name.replace('_', '-')}" in usage, name
+
+
+def test_family_switched_on_the_command_line_resets_the_config_files_keys(tmp_path, capsys):
+    """configs/shakespeare_char.py sets width for the neural families: --config.model.family=ngram
+    resets it with one note line; the same key set on the command line is refused."""
+    base = ["train", "--config", "configs/shakespeare_char.py", "--config.model.family=ngram",
+            "--progress=false"]
+    code, out, err = run_cli([*base, f"--workdir={tmp_path / 'a'}"], capsys)
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and notes[0].endswith("reset to their defaults: config.model.width"), err
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["model"]["width"] == 256
+    code, out, err = run_cli([*base, "--config.model.width=256", f"--workdir={tmp_path / 'b'}"], capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        "error: config.model.width applies to the decoder, encoder, lstm and mlp families, not "
+        "config.model.family='ngram'; leave it at its default (256) or choose another family"]
+
+
+def test_readme_train_examples_run_on_one_device(monkeypatch):
+    """Every `lmjax train` command in README.md resolves, and its mesh and batch fit one device."""
+    import shlex
+    from pathlib import Path
+
+    import jax
+
+    from lmjax import config as config_lib
+    from lmjax.cli.main import parse
+    from lmjax.training import sharding
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)  # the examples name configs/ relative to the checkout
+    commands = [shlex.split(line, comments=True) for line in (repo / "README.md").read_text().splitlines()
+                if line.startswith("lmjax train")]
+    assert len(commands) >= 3
+    for argv in commands:
+        config = config_lib.resolve(parse("train", argv[2:]).config)
+        mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+        sharding.check_batch(config.train.batch_size, config.train.grad_accum, mesh, 1, config.train.replicas)

@@ -72,3 +72,42 @@ def test_keys_of_a_family_name_it():
     assert by_name["order"].metadata["families"] == ("ngram",)
     assert by_name["family"].metadata["families"] is None
     assert config_lib.resolve({"model": {"family": "decoder", "attention": "gqa", "num_kv_heads": 2}})
+
+
+def test_resume_is_refused_only_for_keys_that_change_what_is_computed(tmp_path):
+    """Where the corpora, caches and tokenizer.json lie, and remat (a memory setting), never
+    block a resume (a tokenizer's contents are checked against the checkpoint's instead)."""
+    from lmjax.training.loop import check_workdir
+    from lmjax.workdir import Workdir
+
+    c = config_lib.base_config()
+    c.data.update(tokenizer="hf", tokenizer_path="/old/tokenizer.json", data_dir="/old/data",
+                  cache_dir="/old/cache")
+    saved = config_lib.resolve(c).to_dict()
+    wd = Workdir(tmp_path).create()
+    wd.write_config(saved)
+    moved = {**saved, "data": {**saved["data"], "tokenizer_path": "/new/tokenizer.json",
+                               "data_dir": "/new/data", "cache_dir": "/new/cache"},
+             "model": {**saved["model"], "remat": True}}
+    check_workdir(wd, moved, force=False)
+    wider = {**saved, "model": {**saved["model"], "width": 512}}
+    with pytest.raises(ConfigError, match="config.model.width: 256 -> 512"):
+        check_workdir(wd, wider, force=False)
+
+
+def test_readme_config_table_lists_every_key():
+    """README.md's table of config keys names every key of the schema, in its section's row (a
+    key named only inside parentheses, among allowed values, or as a family does not count)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    lines = readme[readme.index("| section | keys |"):].splitlines()[2:]
+    rows = {}
+    for line in lines[:lines.index("")] if "" in lines else lines:
+        _, section, keys, _ = line.split("|")
+        keys = re.sub(r"\([^()]*\)", "", keys)  # allowed values and notes
+        rows[section.strip().strip("`")] = re.sub(r"`\w+` only:", "", keys)  # family names
+    missing = [dotted for dotted in config_lib.flat_keys()
+               for section, k in [dotted.split(".")] if f"`{k}`" not in rows.get(section, "")]
+    assert not missing, f"README.md's config table lacks {missing}"

@@ -258,3 +258,38 @@ def test_hf_tokenizer_keys_and_missing_file(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(DataError, match="is not a readable tokenizer.json"):
         HfTokenizer.from_file(str(tmp_path / "bad.json"))
+
+
+def test_cli_import_overrides_at_their_schema_default_apply(hf_dir, tmp_path, capsys):
+    """An override equal to the schema default is still the user's: the LLaMA import's context
+    (48, from config.json) becomes 128, and no other key is taken from the command line."""
+    from lmjax.cli.main import main
+
+    out, _ = hf_dir
+    if "llama" not in out.name:
+        pytest.skip("one layout is enough")
+    assert config_lib.TrainConfig().seq_len == 128 and config_lib.DataConfig().corpus == "stdlib"
+    code = main(["import", "--from", str(out), "--workdir", str(tmp_path / "w"),
+                 "--config.train.seq_len=128", "--config.data.corpus=stdlib"])
+    assert code == 0, capsys.readouterr().err
+    saved = json.loads((tmp_path / "w" / "config.json").read_text())
+    assert saved["train"]["seq_len"] == 128 and saved["data"]["corpus"] == "stdlib"
+    assert saved["data"]["tokenizer"] == "hf"  # the directory's tokenizer.json: not overridden
+
+
+def test_import_without_tokenizer_json_takes_the_given_tokenizer(tmp_path):
+    """A research checkpoint saved with `save_pretrained` alone: its tokenizer is named with
+    config.data.tokenizer (here byte, for a 256-row model); without it, one line says how."""
+    torch.manual_seed(0)
+    config = HF_CONFIGS["llama_gqa"]()
+    config.vocab_size = 256
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(tmp_path / "hf")
+    with pytest.raises(ConversionError, match="no tokenizer.json; .*--config.data.tokenizer=byte") as e:
+        import_dir(tmp_path / "hf", tmp_path / "w1")
+    assert "AutoTokenizer" not in str(e.value)
+    import_dir(tmp_path / "hf", tmp_path / "w2", overrides={"data": {"tokenizer": "byte"}})
+    run = lmjax.load(tmp_path / "w2")
+    assert run.tokenizer.kind == "byte" and run.model_cfg.vocab_size == 256
+    ids = np.random.default_rng(1).integers(0, 256, (1, 16))
+    assert np.abs(run.logits(ids) - hf_logits(model.eval(), ids)).max() < ATOL

@@ -149,23 +149,30 @@ def test_expand_rejects_duplicates_typos_and_bad_values(tiny):
     assert runs[0].config_hash != runs[1].config_hash
 
 
-def test_config_hash_ignores_keys_at_their_default():
-    """A key added to the schema later (at its default) must not turn finished runs stale: a
-    config saved before `model.attention_impl` existed hashes as one with it at its default."""
-    import ml_collections
+def test_a_changed_schema_default_makes_finished_runs_stale(tiny, monkeypatch):
+    """The hash covers every resolved key: a run finished under an older default of
+    model.norm_eps is stale once the default changes, though no sweep file changed. A key added
+    to the schema since (missing from the run's config.json) keeps it done."""
+    import dataclasses
 
-    from lmjax import config as config_lib
-    from lmjax.sweeps.spec import config_hash
-
-    c = config_lib.base_config()
-    c.train.steps = 7
-    before = config_lib.base_config().to_dict()
-    before["train"]["steps"] = 7
-    del before["model"]["attention_impl"]  # the schema of an earlier version, one key shorter
-    assert config_hash(c) == config_hash(ml_collections.ConfigDict(before))
-    assert config_hash(config_lib.resolve(c)) == config_hash(c)
-    c.model.attention_impl = "xla"  # set away from its default: another run
-    assert config_hash(c) != config_hash(ml_collections.ConfigDict(before))
+    field = {f.name: f for f in dataclasses.fields(config_lib.ModelConfig)}["norm_eps"]
+    monkeypatch.setattr(field, "default", 1e-5)  # the schema of an earlier version
+    (run, *_) = expand(tiny, "basic")
+    assert run.config.model.norm_eps == 1e-5
+    wd = Workdir(run.workdir).create()  # finished, as runner.finish_run and `lmjax train` leave it
+    wd.write_config(run.config.to_dict())
+    wd.write_result({"config_hash": run.config_hash, "step": run.steps})
+    assert run.status() == "done"
+    monkeypatch.undo()
+    (now, *_) = expand(tiny, "basic")
+    assert now.name == run.name and now.config.model.norm_eps == 1e-6
+    assert now.status() == "stale"
+    # config.json of a run trained before model.attention_impl existed, result.json of an old hash
+    saved = now.config.to_dict()
+    del saved["model"]["attention_impl"]
+    wd.write_config(saved)
+    wd.write_result({"config_hash": "0123456789abcdef", "step": now.steps})
+    assert now.status() == "done"
 
 
 def test_cli_bad_input_is_one_error_line(tiny, tmp_path, capsys):

@@ -15,7 +15,6 @@ from absl import flags
 from lmjax.errors import LmjaxError
 
 USAGE = "usage: lmjax report experiments/NAME [--arg ARG] [--out DIR] [--bootstrap N] [--verbose]"
-HELP = ("-h", "--help", "-help", "--helpfull")
 
 
 def _define(fv: flags.FlagValues) -> None:
@@ -58,18 +57,15 @@ def run(argv: list[str]) -> int:
     return 0
 
 
-def _help() -> str:
-    fv = flags.FlagValues()
-    _define(fv)
-    return f"{__doc__}\n{USAGE}\n\nflags:\n{fv.get_help(include_special_flags=False)}"
-
-
 def main(argv: list[str] | None = None) -> int:
+    from lmjax.cli.main import HELP, flags_help, guarded
+
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in HELP for a in argv):
-        print(_help())
+        fv = flags.FlagValues()
+        _define(fv)
+        print(f"{__doc__}\n{USAGE}\n\nflags:\n{flags_help(fv)}")
         return 0
-    from lmjax.cli.main import guarded
 
     return guarded(lambda: run(argv), verbose="--verbose" in argv)
 

@@ -27,6 +27,7 @@ from lmjax import config as config_lib
 from lmjax.errors import ConfigError, LmjaxError
 
 COMMANDS = ("train", "eval", "sample", "finetune", "export", "import", "sweep", "report")
+HELP = ("-h", "--help", "-help", "--helpfull")  # any of them, anywhere after the command
 # Commands with their own parsers, in their own folders.
 DELEGATED = {"sweep": "lmjax.sweeps.cli", "report": "lmjax.analysis.cli"}
 USAGE = f"usage: lmjax {{{','.join(COMMANDS)}}} [flags]   (lmjax COMMAND --help for flags)"
@@ -37,12 +38,13 @@ def default_config_path() -> str:
     return str(path) if path.exists() else ""
 
 
-def _define_flags(command: str, fv: flags.FlagValues) -> None:
+def _define_flags(command: str, fv: flags.FlagValues, argv: list[str]) -> None:
+    """`argv`: the command line config_flags takes --config.KEY overrides from."""
     flags.DEFINE_boolean("verbose", False, "Show tracebacks for errors.", flag_values=fv)
     if command == "train":
         config_flags.DEFINE_config_file(
             "config", default_config_path() or None, "Config file (configs/NAME.py[:ARG]).",
-            flag_values=fv, lock_config=False,
+            flag_values=fv, lock_config=False, sys_argv=argv,
         )
         flags.DEFINE_string("workdir", "", "Run folder (default runs/<config name>).", flag_values=fv)
         flags.DEFINE_boolean("force", False, "Start over in a workdir that holds another config's run "
@@ -56,7 +58,7 @@ def _define_flags(command: str, fv: flags.FlagValues) -> None:
     if command == "finetune":
         config_flags.DEFINE_config_dict("config", config_lib.finetune_base_config(),
                                         "config.finetune keys, e.g. --config.finetune.steps=300.",
-                                        flag_values=fv, lock_config=False)
+                                        flag_values=fv, lock_config=False, sys_argv=argv)
         flags.DEFINE_string("init", None, "The pretrained run's workdir (config.finetune.init).",
                             flag_values=fv)
         flags.DEFINE_string("task", None, f"'{config_lib.STDLIB_TASK}' or a .jsonl/.tsv file of labelled "
@@ -69,7 +71,7 @@ def _define_flags(command: str, fv: flags.FlagValues) -> None:
         config_flags.DEFINE_config_dict("config", config_lib.base_config(), "Keys to set in the imported "
                                         "run's config, e.g. --config.data.corpus=tinyshakespeare; the "
                                         "model keys come from the directory's config.json.",
-                                        flag_values=fv, lock_config=False)
+                                        flag_values=fv, lock_config=False, sys_argv=argv)
         flags.DEFINE_string("from", None, "A Hugging Face GPT-2 or LLaMA directory (config.json, "
                             "model.safetensors, tokenizer.json).", flag_values=fv)
         flags.DEFINE_string("workdir", None, "New folder for the imported run.", flag_values=fv)
@@ -97,6 +99,44 @@ def _define_flags(command: str, fv: flags.FlagValues) -> None:
         flags.DEFINE_integer("seed", None, "Sampling seed.", flag_values=fv)
 
 
+def command_flags(command: str, argv: list[str] = ()) -> flags.FlagValues:
+    """The flags of one of this module's commands, defined (not parsed) for `argv`."""
+    fv = flags.FlagValues()
+    _define_flags(command, fv, [f"lmjax {command}", *argv])
+    return fv
+
+
+def flags_help(fv: flags.FlagValues, leave_out: tuple[str, ...] = ()) -> str:
+    """The flags of `fv` as absl describes them, less `leave_out`. Copied into a FlagValues of
+    no module, so absl prints them without module headings."""
+    shown = flags.FlagValues()
+    for name in fv:
+        if name not in leave_out:
+            shown[name] = fv[name]
+    return shown.get_help(prefix="  ", include_special_flags=False)
+
+
+def _config_keys_help(command: str) -> str:
+    """One line per --config.KEY a command takes, with its default and help."""
+    sections = ({"finetune": config_lib.FinetuneConfig} if command == "finetune"
+                else config_lib.SECTIONS)
+    lines = [f"  --config.{name}.{f.name}={f.default!r}: {f.metadata['help']}"
+             for name, cls in sections.items() for f in config_lib.keys(cls)]
+    return "config keys (--config.SECTION.KEY=VALUE; README.md#configs describes them):\n" + "\n".join(lines)
+
+
+def command_help(command: str) -> str:
+    """`lmjax COMMAND --help`: the command's usage line from this module's docstring, its flags
+    and the config keys it takes."""
+    usage = [line.strip() for line in __doc__.splitlines() if line.strip().startswith(f"lmjax {command} ")]
+    fv = command_flags(command)
+    if command not in ("train", "import", "finetune"):
+        return f"usage: {usage[0]}\n\nflags:\n{flags_help(fv)}"
+    # train's --config is a file; import's and finetune's is the keys listed after the flags
+    inline = () if command == "train" else ("config",)
+    return f"usage: {usage[0]}\n\nflags:\n{flags_help(fv, inline)}\n\n{_config_keys_help(command)}"
+
+
 def check_overrides(argv: list[str]) -> None:
     """Unknown --config.KEY overrides fail here (before config_flags sees them), naming the
     nearest valid key."""
@@ -112,13 +152,9 @@ def parse(command: str, argv: list[str]) -> flags.FlagValues:
         for arg in argv:
             if arg.startswith("--config."):
                 config_lib.check_finetune_key(arg[len("--config."):].split("=", 1)[0])
-    fv = flags.FlagValues()
-    full_argv = [f"lmjax {command}"] + argv
-    # config_flags reads the --config.KEY overrides from sys.argv when the flag is defined.
-    saved, sys.argv = sys.argv, full_argv
     try:
-        _define_flags(command, fv)
-        fv(full_argv)
+        fv = command_flags(command, argv)
+        fv([f"lmjax {command}", *argv])
         if command == "train":
             if fv.config is None:
                 raise ConfigError("no config: pass --config configs/NAME.py")
@@ -129,9 +165,12 @@ def parse(command: str, argv: list[str]) -> flags.FlagValues:
         detail = [line.strip() for line in str(e).splitlines() if line.strip()]
         raise ConfigError(f"cannot load config: {detail[-1] if detail else type(e).__name__}; "
                           "pass --config configs/NAME.py[:ARG] with an existing file") from e
-    finally:
-        sys.argv = saved
     return fv
+
+
+def given_keys(fv) -> list[str]:
+    """The config keys set on the command line (--config.KEY=VALUE), dotted: 'train.seq_len'."""
+    return list(config_flags.get_override_values(fv["config"]))
 
 
 def run_train(fv) -> int:
@@ -139,7 +178,12 @@ def run_train(fv) -> int:
     from lmjax.training.loop import train
 
     join_cluster(force=fv.distributed)  # before any other JAX call: every process joins one mesh
-    name = Path(fv["config"].config_filename or "default").stem
+    config_file = fv["config"].config_filename or "default"
+    reset = config_lib.reset_other_family_keys(fv.config, given_keys(fv))
+    if reset and _reporter():
+        print(f"note: keys of other families than {fv.config.model.family!r} that {config_file} sets, "
+              f"reset to their defaults: {', '.join('config.model.' + k for k in reset)}", file=sys.stderr)
+    name = Path(config_file).stem
     workdir = fv.workdir or f"runs/{name}"
     final = train(fv.config, workdir, progress=fv.progress, force=fv.force)
     import jax
@@ -230,9 +274,10 @@ def run_import(fv) -> int:
 
     if not fv["from"].value or not fv.workdir:
         raise ConfigError("lmjax import needs --from (a Hugging Face directory) and --workdir (a new folder)")
-    base, given = config_lib.base_config().to_dict(), fv.config.to_dict()
-    overrides = {section: {k: v for k, v in values.items() if v != base[section][k]}
-                 for section, values in given.items()}
+    overrides = {}
+    for dotted in given_keys(fv):  # those on the command line, even at their schema default
+        section, k = dotted.split(".", 1)
+        overrides.setdefault(section, {})[k] = fv.config[section][k]
     out = import_dir(fv["from"].value, fv.workdir, overrides=overrides)
     print(json.dumps({"workdir": fv.workdir, **out}))
     return 0
@@ -263,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         import importlib
 
         return importlib.import_module(DELEGATED[command]).main(rest)
+    if any(a in HELP for a in rest):
+        print(command_help(command))
+        return 0
     commands = {"train": run_train, "eval": run_eval, "sample": run_sample, "finetune": run_finetune,
                 "export": run_export, "import": run_import}
     return guarded(lambda: commands[command](parse(command, rest)), verbose="--verbose" in rest)

@@ -8,7 +8,9 @@
                                   pretraining), finetune and lmjax.load work on it
 
 lmjax.json (the run's config and tokenizer) makes export then import exact, tokenizer included;
-a directory without it brings its tokenizer.json in as config.data.tokenizer='hf'.
+a directory without it brings its tokenizer.json in as config.data.tokenizer='hf'. A
+config.data.tokenizer given as an override is used instead (the only way for a directory with
+neither, e.g. one written by `save_pretrained` alone).
 """
 
 from __future__ import annotations
@@ -152,19 +154,29 @@ class _Tensors:
         return self.files[self.where[key]].get_tensor(key)
 
 
-def _import_tokenizer(src: Path, workdir: Path, vocab_size: int, lmjax_json: dict | None):
-    """(tokenizer, config.data keys): lmjax's own when the directory came from `lmjax export`,
-    else its tokenizer.json, copied into the workdir."""
+def _import_tokenizer(src: Path, workdir: Path, vocab_size: int, lmjax_json: dict | None,
+                      chosen: dict | None):
+    """(tokenizer, config.data keys): the one `chosen` describes (config.data, when the user set
+    config.data.tokenizer); else lmjax's own when the directory came from `lmjax export`; else
+    its tokenizer.json, copied into the workdir."""
+    from lmjax.data import build_tokenizer, prepare
     from lmjax.data.tokenizers import HfTokenizer, tokenizer_from_json
 
+    if chosen is not None:  # built as `lmjax train` builds it; only byte and hf need no corpus
+        keys = {"vocab_size": chosen["vocab_size"] or vocab_size} if chosen["tokenizer"] == "hf" else {}
+        d = config_lib.DataConfig(**{**chosen, **keys})
+        if d.tokenizer in ("byte", "hf"):
+            return build_tokenizer(d.tokenizer, "", vocab_size=d.vocab_size, path=d.tokenizer_path), keys
+        return prepare(d).tokenizer, keys
     if lmjax_json is not None:  # the keys that fix the tokenizer; the rest of config.data is the user's
         data = lmjax_json["config"]["data"]
         return tokenizer_from_json(lmjax_json["tokenizer"]), {k: data[k] for k in TOKENIZER_KEYS if k in data}
     if not (src / "tokenizer.json").exists():
         raise ConversionError(
-            f"{src} has no tokenizer.json; save the model's tokenizer beside it: python -c \"import sys, "
-            "transformers as t; t.AutoTokenizer.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[1])\" "
-            f"{src}")
+            f"{src} has no tokenizer.json; name the tokenizer its model was trained with: "
+            "--config.data.tokenizer=byte (256 ids), or --config.data.tokenizer=hf "
+            "--config.data.tokenizer_path=PATH/tokenizer.json (char and sentencepiece are rebuilt "
+            "from config.data.corpus)")
     path = workdir.resolve() / "tokenizer.json"
     tokenizer = HfTokenizer.from_file(str(src / "tokenizer.json"), vocab_size)
     if tokenizer.vocab_size > vocab_size:
@@ -220,7 +232,8 @@ def import_dir(src: str | os.PathLike, workdir: str | os.PathLike, *, overrides:
                           "replicas at 1 (several seeds start from random initialisations, not from weights)")
 
     workdir.mkdir(parents=True, exist_ok=True)
-    tokenizer, data_keys = _import_tokenizer(src, workdir, hf["vocab_size"], lmjax_json)
+    chosen = c.data.to_dict() if "tokenizer" in overrides.get("data", {}) else None
+    tokenizer, data_keys = _import_tokenizer(src, workdir, hf["vocab_size"], lmjax_json, chosen)
     c.data.update(data_keys)
     config = config_lib.resolve(c)
     setup = make_setup(config, vocab_size=tokenizer.vocab_size, mesh=_one_device_mesh())

@@ -1,10 +1,12 @@
 """`lmjax sweep`: expand a sweep and run it here, list it, or submit it to SLURM.
 
     lmjax sweep --config experiments/NAME/config.py:ARG [--parallel N] [--threads_per_run T]
-                [--dry-run] [--status] [--only REGEX] [--noretry_failed]
-                [--slurm [--slurm_partition P] [--slurm_time 4:00:00] [--slurm_gpus_per_run G]
-                         [--slurm_cpus_per_run C] [--noslurm_array] [--slurm_param KEY=VALUE]
-                         [--slurm_local] [--slurm_wait]]
+                [--dry-run [--mfu M]] [--status] [--only REGEX] [--noretry_failed] [--notable]
+                [--slurm [--slurm_partition P] [--slurm_time 4:00:00] [--slurm_nodes N]
+                         [--slurm_tasks_per_node T] [--slurm_gpus_per_run G]
+                         [--slurm_cpus_per_run C] [--noslurm_array] [--slurm_parallelism K]
+                         [--slurm_param KEY=VALUE] [--slurm_local] [--slurm_wait]
+                         [--slurm_folder DIR]] [--verbose]
 
 Exit status: 0 when every run is done (or for --dry-run / --status / a submission), 1 when some
 run failed (recorded in its failed.json; the next sweep retries it), 130 when interrupted (the
@@ -166,11 +168,14 @@ def _submit(fv, runs, config_path, arg) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lmjax.cli.main import HELP, flags_help, guarded
+
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
+    if any(a in HELP for a in argv):
+        fv = flags.FlagValues()
+        _define(fv)
+        print(f"{__doc__}\nflags:\n{flags_help(fv)}")
         return 0
-    from lmjax.cli.main import guarded
 
     return guarded(lambda: run(parse(argv)), verbose="--verbose" in argv)
 

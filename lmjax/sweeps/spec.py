@@ -34,7 +34,6 @@ import dataclasses
 import hashlib
 import importlib.util
 import itertools
-import json
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -43,7 +42,7 @@ import ml_collections
 
 from lmjax import config as config_lib
 from lmjax.errors import ConfigError
-from lmjax.workdir import Workdir
+from lmjax.workdir import Workdir, config_hash
 
 SCALARS = (bool, int, float, str)
 
@@ -83,7 +82,7 @@ class SweepRun:
     overrides: dict[str, Any]
     workdir: Path
     config: Any = None  # the resolved ConfigDict (set by `expand`)
-    config_hash: str = ""  # sha256 of the resolved config: a result.json of another config is stale
+    config_hash: str = ""  # of the resolved config (lmjax.workdir.config_hash): set by `expand`
 
     @property
     def steps(self) -> int:
@@ -294,15 +293,6 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_co
     return c
 
 
-def config_hash(config: ml_collections.ConfigDict) -> str:
-    """sha256 of the values that differ from the schema's defaults: a key added to the schema
-    later (at its default) leaves the hash, and so a finished run's status, unchanged."""
-    defaults, values = config_lib.base_config().to_dict(), config.to_dict()
-    changed = {section: {k: v for k, v in keys.items() if defaults.get(section, {}).get(k, object()) != v}
-               for section, keys in values.items()}
-    return hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def runs_folder(config_path: str | Path, arg: str | None) -> Path:
     """`<experiment>/runs/<arg>/`: the experiment folder is the config file's parent."""
     return Path(config_path).resolve().parent / "runs" / _safe(arg or "default")
@@ -347,7 +337,7 @@ def expand(config_path: str | Path, arg: str | None = None) -> list[SweepRun]:
         except ConfigError as e:
             raise SweepError(f"run '{name}': {e}") from e
         runs.append(SweepRun(name=name, overrides=dict(point), workdir=folder / name, config=resolved,
-                             config_hash=config_hash(resolved)))
+                             config_hash=config_hash(resolved.to_dict())))
     return runs
 
 

@@ -42,14 +42,10 @@ def check_workdir(wd: Workdir, cfg: dict, force: bool) -> None:
     saved = wd.config()
     if saved is None:
         return
-    defaults = config_lib.base_config().to_dict()
-    # A key added to the schema after the run was saved counts as its default.
-    diffs = [
-        f"config.{key}: {saved.get(section, {}).get(k, defaults[section][k])!r} -> {cfg[section][k]!r}"
-        for key in config_lib.identity_keys()
-        for section, k in [key.split(".")]
-        if saved.get(section, {}).get(k, defaults[section][k]) != cfg[section][k]
-    ]
+    saved = config_lib.fill_defaults(saved)  # a key added to the schema since counts as its default
+    diffs = [f"config.{key}: {saved[section][k]!r} -> {cfg[section][k]!r}"
+             for key in config_lib.identity_keys() for section, k in [key.split(".")]
+             if saved[section][k] != cfg[section][k]]
     if diffs and not force:
         raise ConfigError(
             f"workdir {wd.path} holds a run of another config ({'; '.join(diffs[:3])}); "
