@@ -77,7 +77,7 @@ def test_keys_of_a_family_name_it():
 def test_resume_is_refused_only_for_keys_that_change_what_is_computed(tmp_path):
     """Where the corpora, caches and tokenizer.json lie, and remat (a memory setting), never
     block a resume (a tokenizer's contents are checked against the checkpoint's instead)."""
-    from lmjax.training.loop import check_workdir
+    from lmjax.training.resume import check_workdir
     from lmjax.workdir import Workdir
 
     c = config_lib.base_config()

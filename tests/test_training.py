@@ -163,7 +163,7 @@ def test_chunked_loss_never_holds_the_whole_logits():
 
 def test_workdir_check_treats_keys_added_later_as_defaults(tmp_path):
     from lmjax.errors import ConfigError
-    from lmjax.training.loop import check_workdir
+    from lmjax.training.resume import check_workdir
     from lmjax.workdir import Workdir
 
     cfg = base_config().to_dict()

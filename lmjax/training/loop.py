@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from lmjax import config as config_lib
 from lmjax.checkpointing import Checkpointer
-from lmjax.data import Dataset, prepare, tokenizer_from_json, train_batch
+from lmjax.data import Dataset, prepare, train_batch
 from lmjax.errors import CheckpointError, ConfigError, LmjaxError
 from lmjax.models import flops_per_token, param_count
 from lmjax.models.attention import kernel_for
@@ -24,6 +24,7 @@ from lmjax.process.provenance import provenance
 from lmjax.process.distributed import job_info
 from lmjax.training import evaluation, sharding
 from lmjax.training.metrics import MetricsWriter
+from lmjax.training.resume import check_tokenizer, check_workdir
 from lmjax.training.steps import Setup, make_setup
 from lmjax.workdir import Workdir
 
@@ -35,24 +36,6 @@ def step_batch(data: Dataset, tc, step: int) -> np.ndarray:
                         seq_len=tc.seq_len, process_index=jax.process_index(),
                         process_count=jax.process_count()) for k in range(tc.replicas)]
     return rows[0] if tc.replicas == 1 else np.stack(rows)
-
-
-def check_workdir(wd: Workdir, cfg: dict, force: bool) -> None:
-    """Refuse to mix two configs' checkpoints in one workdir (unless --force)."""
-    saved = wd.config()
-    if saved is None:
-        return
-    saved = config_lib.fill_defaults(saved)  # a key added to the schema since counts as its default
-    diffs = [f"config.{key}: {saved[section][k]!r} -> {cfg[section][k]!r}"
-             for key in config_lib.identity_keys() for section, k in [key.split(".")]
-             if saved[section][k] != cfg[section][k]]
-    if diffs and not force:
-        raise ConfigError(
-            f"workdir {wd.path} holds a run of another config ({'; '.join(diffs[:3])}); "
-            "use a new --workdir, or pass --force to set the old checkpoints aside and start over"
-        )
-    if diffs and force:
-        wd.set_checkpoints_aside()  # never deleted: --force must not lose a run
 
 
 class NonFiniteError(LmjaxError):
@@ -131,15 +114,6 @@ def check_shared_workdir(wd: Workdir) -> None:
         raise ConfigError(f"--workdir {wd.path} is not the same storage for every process (process(es) "
                           f"{', '.join(map(str, lost))} cannot see process 0's files there); put it on a "
                           "filesystem every host mounts, or a gs:// path")
-
-
-def check_tokenizer(ckpt: Checkpointer, step: int, data: Dataset, force: bool) -> None:
-    _, saved = ckpt.restore_meta(step)
-    if tokenizer_from_json(saved).fingerprint != data.tokenizer.fingerprint and not force:
-        raise ConfigError(
-            f"the tokenizer built from config.data differs from the one stored with checkpoint "
-            f"{step} (did the corpus change?); restore the corpus, use a new --workdir, or pass --force"
-        )
 
 
 def run_info(config, data: Dataset, setup: Setup) -> dict:

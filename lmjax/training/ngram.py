@@ -20,7 +20,7 @@ from lmjax.errors import ConfigError
 from lmjax.models.ngram import NgramModel, count, key_space_error
 from lmjax.process.provenance import provenance
 from lmjax.training.evaluation import evaluate_ngram
-from lmjax.training.loop import check_tokenizer, check_workdir
+from lmjax.training.resume import check_tokenizer, check_workdir
 from lmjax.training.metrics import MetricsWriter
 from lmjax.workdir import Workdir
 
