@@ -542,3 +542,23 @@ def test_report_of_seeded_runs(tmp_path):
     assert out["fits"]["mha"]["eval_se"] == [0.002] * 4 and "standard error" in out["fits_md"]
     assert "| 0.0020    | 12.3k " in out["results_md"]
     assert "val_loss_seeds" in (exp / "report" / "results.csv").read_text().splitlines()[0]
+
+
+def test_compare_counts_seed_and_evaluation_noise():
+    import pandas as pd
+
+    from lmjax.analysis.compare import tables
+
+    df = pd.DataFrame([
+        dict(run="a_size-S", variant="mha", val_loss=2.00, val_loss_sd=0.03, seeds=3, val_loss_se=0.004,
+             params_non_embedding=10, size="S"),
+        dict(run="b_size-S", variant="mqa", val_loss=2.05, val_loss_sd=0.03, seeds=3, val_loss_se=0.004,
+             params_non_embedding=10, size="S"),
+        dict(run="c_size-S", variant="gqa", val_loss=2.20, val_loss_sd=0.0, seeds=3, val_loss_se=0.004,
+             params_non_embedding=10, size="S"),
+    ])
+    text = tables(df, "mha")
+    # +0.05 / sqrt(2 * 0.03^2 / 3 + 2 * 0.004^2) = 2.0: within the noise, not bold
+    assert "| +0.050 (2.0) |" in text.replace("| **", "| ").split("\n\n")[1] and "**+0.050" not in text
+    assert "**+0.200 (11.0)**" in text  # 0.2 / sqrt(0.03^2 / 3 + 2 * 0.004^2)
+    assert "| 2.0500 ± 0.030 [0.0040] |" in text
