@@ -74,10 +74,8 @@ def _model(rec: dict) -> dict:
 CELLS: dict[str, Callable[[dict, str], str]] = {
     "command": lambda rec, path: f"`{rec['command']}`",
     "layers x width": lambda rec, path: f"{_model(rec)['num_layers']} x {_model(rec)['width']}",
-    "order": lambda rec, path: str(_model(rec)["order"]),
     "params": lambda rec, path: f"{rec['params'] / 1e6:.2f}M",
-    "n-grams": lambda rec, path: f"{rec['params'] / 1e6:.2f}M",
-    "train bytes": lambda rec, path: f"{rec['train_tokens'] / 1e6:.1f}M",
+    "n-grams": lambda rec, path: f"{rec['params']:,}",
     "val loss (nats/token)": lambda rec, path: f"{rec['val_loss']:.3f}",
     "val bits/byte": lambda rec, path: f"{rec['val_bits_per_byte']:.2f}",
     "record": lambda rec, path: f"[`{Path(path).name}`]({path})",
