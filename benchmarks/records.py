@@ -223,8 +223,7 @@ def _speedrun_row(rec: dict) -> str:
 SPEEDRUN = Table("## CPU speedrun: `lmjax train` to tinyshakespeare char val loss <= 1.88", """\
 Wall clock from launching `lmjax train` to its exit (imports, data, compile, training, final
 full-split evaluation, last checkpoint), median of the runs listed; written by
-`python -m benchmarks.speedrun` (see benchmarks/README.md). Goal: <= 35 s at val loss <= 1.88
-(nanoGPT's baby budget: ~70 s here).
+`python -m benchmarks.speedrun` (see benchmarks/README.md). Goal: <= 35 s at val loss <= 1.88.
 
 | date | host | label | config | runs (s) | median s | val loss | val loss <= target |
 |---|---|---|---|---|---|---|---|

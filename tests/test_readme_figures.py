@@ -46,6 +46,24 @@ def test_a_figure_that_differs_from_its_record_is_listed():
     assert [m.split(": ")[1] for m in readme_figures.mismatches(table, REPO)] == ["val bits/byte"]
 
 
+def test_readme_figures_writes_a_record_its_cells_render_from(tmp_path):
+    """One `lmjax train` run (an n-gram: no compile) into a record; a config that evaluates fewer
+    batches is evaluated on the whole split, and its command says so."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"line {i}: the quick brown fox\n" for i in range(400)))
+    args = [f"--config.data.corpus={corpus}", "--config.train.eval_batches=1"]
+    rec = readme_figures.main(["--config", "configs/ngram.py:2", "--out", str(tmp_path), *args])
+    assert rec["command"] == " ".join(["lmjax train --config configs/ngram.py:2", *args,
+                                       "--config.train.eval_batches=0"])
+    assert rec["run_config"]["train"]["eval_batches"] == 0 and rec["steps"] == 1
+    assert rec["val_tokens"] > 0 and 0 < rec["val_bits_per_byte"] < 8 and rec["params"] > 0
+    name = Path(rec["json_path"]).name
+    header = ["command", "n-grams", "val bits/byte", "record"]
+    row = [readme_figures.CELLS[h](rec, name) for h in header]
+    table = "\n".join("| " + " | ".join(r) + " |" for r in (header, ["---"] * 4, row))
+    assert readme_figures.mismatches(table, tmp_path) == []
+
+
 def test_results_md_rows_and_tables_are_rendered_from_records():
     text = (REPO / "benchmarks/RESULTS.md").read_text()
     blocks = [b for b in map(rendered, sorted(RESULTS.glob("*.json"))) if b]
