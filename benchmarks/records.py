@@ -27,11 +27,13 @@ RESULTS_MD = REPO / "benchmarks" / "RESULTS.md"
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
 
-def define_flags(fv: flags.FlagValues, *, label: bool = True) -> None:
-    """The flags of a benchmark that writes a record and a row (see save_record)."""
+def define_flags(fv: flags.FlagValues, *, label: bool = True, rows: bool = True) -> None:
+    """The flags of a benchmark that writes a record and (rows=True) a row (see save_record)."""
     if label:
         flags.DEFINE_string("label", "", "What this row changes (shown in the row).", flag_values=fv)
     flags.DEFINE_string("out", str(RESULTS_DIR), "Folder for the JSON record.", flag_values=fv)
+    if not rows:
+        return
     flags.DEFINE_boolean("no_append", False, "Do not append a row to benchmarks/RESULTS.md.",
                          flag_values=fv)
     flags.DEFINE_string("results_md", str(RESULTS_MD), "The markdown file rows are appended to.",
@@ -221,8 +223,7 @@ def _speedrun_row(rec: dict) -> str:
 SPEEDRUN = Table("## CPU speedrun: `lmjax train` to tinyshakespeare char val loss <= 1.88", """\
 Wall clock from launching `lmjax train` to its exit (imports, data, compile, training, final
 full-split evaluation, last checkpoint), median of the runs listed; written by
-`python -m benchmarks.speedrun` (see benchmarks/README.md). Goal: <= 35 s at val loss <= 1.88
-(nanoGPT's baby budget: ~70 s here).
+`python -m benchmarks.speedrun` (see benchmarks/README.md). Goal: <= 35 s at val loss <= 1.88.
 
 | date | host | label | config | runs (s) | median s | val loss | val loss <= target |
 |---|---|---|---|---|---|---|---|
@@ -329,12 +330,12 @@ HARNESS = Table(None, RESULTS_HEADER, results_row)
 
 # ---- records ----
 
-def save_record(fields: dict, kind: str, fv: flags.FlagValues, table: Table, *, load: float | None,
+def save_record(fields: dict, kind: str, fv: flags.FlagValues, table: Table | None, *, load: float | None,
                 devices=None, now: dt.datetime | None = None) -> dict:
     """The record: the date (`now`, default now; UTC), `fields`, then provenance (host load
     average at start, `load`, and now). Written to <fv.out>/<date>-<kind>.json, its row added to
     `table` in fv.results_md (unless fv.no_append), printed as the last line of stdout and
-    returned, with "json_path" added."""
+    returned, with "json_path" added. table None: a record with no row (and no row flags)."""
     now = now or dt.datetime.now(dt.timezone.utc)
     rec = {"date": _date(now), **fields, **provenance(devices)}
     rec["host"].update(load_avg_1m_start=load, load_avg_1m_end=load_avg())
@@ -343,7 +344,7 @@ def save_record(fields: dict, kind: str, fv: flags.FlagValues, table: Table, *, 
     path = out / f"{now.strftime('%Y%m%dT%H%M%SZ')}-{kind}.json"
     path.write_text(json.dumps(rec, indent=2) + "\n")
     rec["json_path"] = str(path)
-    if not fv.no_append:
+    if table is not None and not fv.no_append:
         table.add(Path(fv.results_md), rec)
         print(f"appended a row to {fv.results_md}", file=sys.stderr)
     print(f"wrote {path}", file=sys.stderr)
