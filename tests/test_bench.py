@@ -278,7 +278,8 @@ def test_benchmark_flags(tmp_path):
     for main, argv in [
         (speedrun.main, ["--config", "configs/speedrun_cpu.py", "--config.train.stepz=3"]),
         (speedrun.main, ["--repeats", "1"]),  # no config
-        (speedrun.main, ["--config", "configs/speedrun_cpu.py", "--eval_parts=tune,train"]),
+        (speedrun.main, ["--config", "configs/speedrun_cpu.py", "--eval_parts=tune,train", "--repeats", "1",
+                         "--config.train.steps=1"]),  # refused before it runs (a run fails after)
         (second_start.main, ["--repeats", "1"]),
         (attention_dots.main, ["--shape", "huge"]),
         (attention_dots.main, ["--config.train.steps=3"]),  # no config to override
