@@ -88,14 +88,21 @@ def config_name(fv: flags.FlagValues) -> tuple[str, str]:
     return stem, f"{stem}:{arg}" if arg else stem
 
 
-def lmjax_train(config: str, overrides: list[str], workdir: Path) -> list[str]:
-    """`lmjax train` as a user runs it (the console script beside this interpreter, or its
-    equivalent), in `workdir`, without the progress bar and the closing sample."""
+def _lmjax() -> list[str]:
+    """`lmjax` as a user runs it: the console script beside this interpreter, or its equivalent."""
     script = Path(sys.executable).parent / "lmjax"
-    lmjax = [str(script)] if script.exists() else [sys.executable, "-c",
-                                                     "from lmjax.cli import entry; entry()"]
-    return [*lmjax, "train", f"--config={config}", *overrides, f"--workdir={workdir}",
+    return [str(script)] if script.exists() else [sys.executable, "-c", "from lmjax.cli import entry; entry()"]
+
+
+def lmjax_train(config: str, overrides: list[str], workdir: Path) -> list[str]:
+    """`lmjax train` in `workdir`, without the progress bar and the closing sample."""
+    return [*_lmjax(), "train", f"--config={config}", *overrides, f"--workdir={workdir}",
             "--noprogress", "--config.sample.prompt="]
+
+
+def lmjax_eval(workdir: Path, val_part: str) -> list[str]:
+    """`lmjax eval` of the run in `workdir` on the whole of `val_part` ('all', 'tune', 'test')."""
+    return [*_lmjax(), "eval", f"--workdir={workdir}", f"--val_part={val_part}"]
 
 
 def run_json(cmd: list[str], env: dict | None = None) -> dict:

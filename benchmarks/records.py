@@ -213,9 +213,20 @@ def _config(rec: dict) -> str:
     return f"`{Path(rec['config']).stem}`" + "".join(f" `{o}`" for o in rec["overrides"])
 
 
+def _speedrun_losses(rec: dict) -> str:
+    """'1.853 / 1.853', on the run's own validation part: ' (tune); test 1.861 / 1.861' when the
+    run scored a half, or `--eval_parts` others (records older than val_part scored the whole split)."""
+    out = " / ".join(f"{r['val_loss']:.3f}" for r in rec["runs"])
+    if rec.get("val_part", "all") != "all":
+        out += f" ({rec['val_part']})"
+    for part in rec["runs"][0].get("val_loss_by_part", {}):
+        out += f"; {part} " + " / ".join(f"{r['val_loss_by_part'][part]:.3f}" for r in rec["runs"])
+    return out
+
+
 def _speedrun_row(rec: dict) -> str:
     walls = " / ".join(f"{r['wall_s']:.1f}" for r in rec["runs"])
-    losses = " / ".join(f"{r['val_loss']:.3f}" for r in rec["runs"])
+    losses = _speedrun_losses(rec)
     return (f"| {_row_date(rec)} | {_host(rec)} | {rec['label'] or '-'} | {_config(rec)} | {walls} "
             f"| {rec['median_wall_s']:.1f} | {losses} | {'yes' if rec['target_met'] else 'no'} |")
 

@@ -47,6 +47,7 @@ CAUSAL = ("decoder", *RECURRENT, "mlp", "ngram")  # the next-token language mode
 COUNTED_STEP = 1  # an n-gram model is counted, not trained: its checkpoint and result are "step 1"
 TOKENIZERS = ("byte", "char", "sentencepiece", "hf")
 SP_MODEL_TYPES = ("bpe", "unigram")
+VAL_PARTS = ("all", "tune", "test")  # the whole validation split, its first half, its second half
 NORMS = ("rmsnorm", "layernorm")
 MLPS = ("gelu", "swiglu")
 POSITIONS = ("rope", "learned", "sinusoidal", "alibi", "none")
@@ -121,6 +122,10 @@ class DataConfig:
     data_dir: str = key("", "where named corpora live; empty means $LMJAX_DATA_DIR", identity=False)
     cache_dir: str = key("", "token caches; empty means $LMJAX_CACHE_DIR or ~/.cache/lmjax",
                          identity=False)
+    # Not identity: it changes what is evaluated, never the parameters or the token stream.
+    val_part: str = key("all", "validation tokens every evaluation scores: all, or the first ('tune') "
+                        "or second ('test') half, to choose settings on one and report the other",
+                        choices=VAL_PARTS, identity=False)
 
     def __post_init__(self):
         _check_keys(self, "data")

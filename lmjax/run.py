@@ -165,10 +165,11 @@ class Run:
         return [{"label": self.labels[int(p.argmax())],
                  "probabilities": {label: float(q) for label, q in zip(self.labels, p)}} for p in probs]
 
-    def evaluate(self, batches: int = 0) -> dict:
+    def evaluate(self, batches: int = 0, val_part: str | None = None) -> dict:
         """Validation loss, its standard error, perplexity, bits per byte and what was scored
         (`tokens`, `bytes`), over the whole split (`batches` N > 0: N x config.train.batch_size
-        windows spread evenly over it; see lmjax/training/evaluation.py); for a fine-tuned
+        windows spread evenly over it; see lmjax/training/evaluation.py), or over the half of it
+        `val_part` names ('all', 'tune', 'test'; default: the run's config.data.val_part); for a fine-tuned
         classifier, accuracy, macro-F1 and the confusion matrix on the task's held-out examples
         (`batches` does not apply)."""
         from lmjax.training import evaluation
@@ -183,7 +184,8 @@ class Run:
             model = classifier_for(self.model_cfg, self.finetune, len(self.labels))
             return {**evaluate_classifier(model, self.params, task.val), "labels": list(self.labels)}
 
-        data = prepare(self.config.data)
+        data_cfg = self.config.data
+        data = prepare(data_cfg if val_part is None else dataclasses.replace(data_cfg, val_part=val_part))
         tc = self.config.train
         kw = dict(seq_len=tc.seq_len, max_windows=batches * tc.batch_size, token_bytes=data.tokenizer.token_bytes())
         if self.config.model.family == "ngram":

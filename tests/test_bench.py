@@ -172,8 +172,9 @@ def test_gpt2_small_compiles_ahead_of_time():
 
 
 def test_speedrun_smoke(tmp_path):
-    """The speedrun script runs `lmjax train` as a subprocess, reads its final validation loss and
-    appends one row per record (no timing asserted)."""
+    """The speedrun script runs `lmjax train` as a subprocess, reads its final validation loss (on
+    the config's val_part), scores the other half with `lmjax eval` (--eval_parts) and appends
+    one row per record (no timing asserted)."""
     from benchmarks import speedrun
 
     md = tmp_path / "RESULTS.md"
@@ -181,11 +182,15 @@ def test_speedrun_smoke(tmp_path):
     rec = speedrun.main([
         "--config", "configs/speedrun_cpu.py", "--repeats", "1", "--label", "smoke",
         "--results_md", str(md), "--out", str(tmp_path / "out"), "--target", "10",
-        "--config.train.steps=3", "--config.model.width=32", "--config.train.batch_size=8"])
-    assert rec["runs"][0]["steps"] == 3 and rec["target_met"]
-    assert 0 < rec["runs"][0]["val_loss"] < 10 and rec["median_wall_s"] > 0
+        "--config.train.steps=3", "--config.model.width=32", "--config.train.batch_size=8",
+        "--config.data.val_part=tune", "--eval_parts=test"])
+    (run,) = rec["runs"]
+    assert run["steps"] == 3 and rec["target_met"] and rec["val_part"] == "tune"
+    assert 0 < run["val_loss"] < 10 and rec["median_wall_s"] > 0
+    assert 0 < run["val_loss_by_part"]["test"] < 10 and run["val_loss_by_part"]["test"] != run["val_loss"]
     text = md.read_text()
     assert records.SPEEDRUN.title in text and text.count("| smoke |") == 1
+    assert f"| {run['val_loss']:.3f} (tune); test {run['val_loss_by_part']['test']:.3f} |" in text
     (record,) = (tmp_path / "out").iterdir()
     speedrun.main(["--append_records", str(record), "--label", "again", "--results_md", str(md)])
     rows = [line for line in md.read_text().splitlines() if line.startswith("| 20")]
@@ -273,6 +278,8 @@ def test_benchmark_flags(tmp_path):
     for main, argv in [
         (speedrun.main, ["--config", "configs/speedrun_cpu.py", "--config.train.stepz=3"]),
         (speedrun.main, ["--repeats", "1"]),  # no config
+        (speedrun.main, ["--config", "configs/speedrun_cpu.py", "--eval_parts=tune,train", "--repeats", "1",
+                         "--config.train.steps=1"]),  # refused before it runs (a run fails after)
         (second_start.main, ["--repeats", "1"]),
         (attention_dots.main, ["--shape", "huge"]),
         (attention_dots.main, ["--config.train.steps=3"]),  # no config to override

@@ -61,6 +61,7 @@ def test_identity_keys():
     assert "model.width" in keys and "data.corpus" in keys and "train.seq_len" in keys
     assert "model.attention_impl" not in keys  # which kernel ran does not change the parameters
     assert "train.lr" not in keys
+    assert "data.val_part" not in keys  # what is evaluated: a run continues under another half
 
 
 def test_keys_of_a_family_name_it():

@@ -164,6 +164,7 @@ def test_tokenizer_errors():
                        (dict(tokenizer="sentencepiece", vocab_size=300, sp_model_type="wordpiece"),
                         "config.data.sp_model_type='wordpiece'"),
                        (dict(val_fraction=1.5), r"val_fraction must be in \(0, 1\)"),
+                       (dict(val_part="train"), "config.data.val_part='train' is not one of 'all', 'tune', 'test'"),
                        (dict(tokenizer="sentencepiece", vocab_size=2**31 + 1), "too large for the token cache")]:
         with pytest.raises(ConfigError, match=match):
             DataConfig(**bad)
@@ -309,6 +310,20 @@ def test_cache_key_follows_settings(tmp_path):
     assert folders["byte"] == folders["byte, unused vocab_size"]
     del folders["byte, unused vocab_size"]
     assert len(set(folders.values())) == len(folders)
+
+
+def test_val_parts_partition_the_split(tmp_path):
+    """'tune' and 'test' are the validation split's two halves, in order, disjoint; views of one
+    cache (val_part is not in its key), with the bytes their tokens stand for."""
+    write(tmp_path / "small.txt", Path(DATA_DIR, "tinyshakespeare", "input.txt").read_text()[:50_001])
+    base = dict(corpus=str(tmp_path / "small.txt"), tokenizer="char", cache_dir=str(tmp_path / "cache"))
+    parts = {part: prepare(data_cfg(**base, val_part=part)) for part in ("all", "tune", "test")}
+    whole, tune, test = (parts[p].val for p in ("all", "tune", "test"))
+    assert len(tune) == len(whole) // 2 and len(tune) + len(test) == len(whole)
+    assert np.array_equal(np.concatenate([tune, test]), whole)
+    assert len({d.cache_dir for d in parts.values()}) == 1
+    assert parts["tune"].val_bytes + parts["test"].val_bytes == parts["all"].val_bytes
+    assert parts["all"].tokenizer.decode(test) == load_corpus(base["corpus"]).val[len(tune):]
 
 
 def test_cache_root(monkeypatch):

@@ -4,6 +4,7 @@ gives the same figure."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -138,3 +139,35 @@ def test_every_route_gives_the_same_validation_loss(tmp_path):
     assert from_cli["bits_per_byte"] == pytest.approx(final["val_bits_per_byte"], abs=1e-6)
     # a budget is spread over the split too, and the same through both routes
     assert run.evaluate(batches=2)["tokens"] == pytest.approx(2 * 12 * 32, abs=32)
+
+
+def test_every_route_scores_the_chosen_half(tmp_path, capsys):
+    """config.data.val_part='tune': training's val_*, `lmjax eval` and run.evaluate() score the
+    first half of the split alone; `lmjax eval --val_part test` and run.evaluate(val_part='test')
+    the second; a bad part is one error line."""
+    from lmjax.cli.main import main
+
+    workdir, corpus = tmp_path / "run", tmp_path / "shakespeare.txt"
+    corpus.write_text((Path(os.environ["LMJAX_DATA_DIR"]) / "tinyshakespeare" / "input.txt").read_text()[:20_000])
+    cfg = _config(4, corpus)
+    cfg.data.val_part, cfg.train.eval_batches = "tune", 0
+    final = train(cfg, workdir, progress=False, devices=jax.devices()[:1], print_fn=lambda *a: None)
+    data_cfg = lmjax.config.resolve(cfg).data
+    half = {part: prepare(dataclasses.replace(data_cfg, val_part=part)).val for part in ("tune", "test")}
+    run = lmjax.load(workdir)
+
+    def cli(*flags):
+        code = main(["eval", f"--workdir={workdir}", *flags])
+        out, err = capsys.readouterr()
+        return code, (json.loads(out.strip().splitlines()[-1]) if code == 0 else err)
+
+    code, ev = cli()
+    assert code == 0 and final["val_tokens"] == ev["tokens"] == len(half["tune"]) - 1
+    assert ev["loss"] == pytest.approx(final["val_loss"], abs=1e-6)
+    assert run.evaluate()["loss"] == pytest.approx(final["val_loss"], abs=1e-6)
+    code, ev = cli("--val_part=test")
+    assert code == 0 and ev["tokens"] == len(half["test"]) - 1
+    assert run.evaluate(val_part="test")["loss"] == pytest.approx(ev["loss"], abs=1e-6) != final["val_loss"]
+    code, err = cli("--val_part=train")
+    assert code == 2 and err.strip().splitlines() == [
+        "error: config.data.val_part='train' is not one of 'all', 'tune', 'test' (did you mean 'tune'?)"]

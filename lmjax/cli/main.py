@@ -1,7 +1,7 @@
 """The `lmjax` command: train, eval, sample, sweep, report.
 
     lmjax train [--config configs/NAME.py[:ARG]] [--config.model.num_layers=4 ...] [--workdir runs/x]
-    lmjax eval --workdir runs/x [--batches N]
+    lmjax eval --workdir runs/x [--batches N] [--val_part all|tune|test]
     lmjax sample --workdir runs/x --prompt "def " [--prompt "..."] [--temperature 0.8 ...]
     lmjax finetune --init runs/x --task stdlib-modules --workdir runs/x-cls [--config.finetune.steps=300 ...]
     lmjax export --workdir runs/x --out hf/x [--step N] [--dtype bfloat16] [--max_shard_size 5GB]
@@ -90,6 +90,9 @@ def _define_flags(command: str, fv: flags.FlagValues, argv: list[str]) -> None:
         flags.DEFINE_integer("batches", 0, "0: the whole validation split (as training's final "
                              "evaluation); N: N x config.train.batch_size windows spread evenly over it.",
                              flag_values=fv)
+        flags.DEFINE_string("val_part", None, "Score these validation tokens: all, tune (the first "
+                            "half) or test (the second); default: the run's config.data.val_part.",
+                            flag_values=fv)
     if command == "sample":
         flags.DEFINE_multi_string("prompt", [], "Prompt text; repeat for several.", flag_values=fv)
         flags.DEFINE_integer("max_new_tokens", None, "Tokens to generate.", flag_values=fv)
@@ -225,7 +228,7 @@ def run_eval(fv) -> int:
     run = _load(fv)
     if not _reporter():
         return 0
-    result = run.evaluate(batches=fv.batches)
+    result = run.evaluate(batches=fv.batches, val_part=fv.val_part)
     if run.finetune is not None:  # a classifier: the confusion matrix as a table and a PNG
         from lmjax.training.finetune import CONFUSION_PNG, confusion_table, plot_confusion
 

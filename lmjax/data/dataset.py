@@ -7,6 +7,10 @@
     meta.json       dtype, token and byte counts, fingerprints, vocab_size
 The folder is written under a temporary name and renamed into place, so a reader never sees half of it.
 
+`config.data.val_part` is applied here, once, as a view of the cached val split (so it stays out
+of the cache key): every evaluation (training's val_*, `lmjax eval`, `run.evaluate()`) scores
+the same tokens.
+
 Batches are pure functions of their arguments, so resuming at step k replays exactly the data of an
 uninterrupted run, and every process of a multi-host run agrees on the global batch.
 """
@@ -38,7 +42,7 @@ class Dataset:
     tokenizer: Tokenizer
     corpus_fingerprint: str
     train_bytes: int  # UTF-8 bytes of the train text
-    val_bytes: int  # UTF-8 bytes of the val text (for bits per byte)
+    val_bytes: int  # UTF-8 bytes of the val text; of a half (val_part), the bytes its tokens stand for
     cache_dir: str  # the folder holding this dataset's cache
 
 
@@ -71,7 +75,17 @@ def prepare(data_cfg: DataConfig) -> Dataset:
     folder = os.path.join(cache_root(data_cfg), "tokens", key)
     if not os.path.exists(os.path.join(folder, "meta.json")):
         _build(folder, corpus_name, data_dir, val_fraction, **built)
-    return _load(folder)
+    return _val_part(_load(folder), data_cfg.val_part)
+
+
+def _val_part(data: Dataset, part: str) -> Dataset:
+    """`data` with only the validation tokens config.data.val_part names: all of them, the first
+    half ('tune': for choosing settings) or the rest ('test': for reporting them)."""
+    if part == "all":
+        return data
+    half = len(data.val) // 2
+    val = data.val[:half] if part == "tune" else data.val[half:]
+    return dataclasses.replace(data, val=val, val_bytes=int(data.tokenizer.token_bytes()[val].sum()))
 
 
 def _build(folder, corpus_name, data_dir, val_fraction, kind, vocab_size, sp_model_type,
