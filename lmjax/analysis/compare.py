@@ -1,6 +1,6 @@
 """Differences between variants at equal size, against both kinds of noise.
 
-    python -m lmjax.analysis.compare experiments/NAME --baseline VARIANT [--size_key COLUMN]
+    python -m lmjax.analysis.compare experiments/NAME --baseline VARIANT [--variants A,B,...]
 
 Reads the report's results.csv (`lmjax report` writes it) and prints two markdown tables: each
 completed run's final validation loss as mean ± sd over its seeds [evaluation standard error],
@@ -21,8 +21,7 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("baseline", None, "The variant the others are compared with.", required=True)
-flags.DEFINE_string("size_key", "size", "How a run's size is read: `size` (the run name's "
-                    "`size-X` label) or a results.csv column.")
+flags.DEFINE_list("variants", [], "Only these variants (default: all).")
 
 
 def load(experiment_dir) -> pd.DataFrame:
@@ -39,7 +38,12 @@ def _z(a, b) -> tuple[float, float]:
     return diff, diff / math.sqrt(var) if var > 0 else math.inf
 
 
-def tables(df: pd.DataFrame, baseline: str, size_key: str = "size") -> str:
+def tables(df: pd.DataFrame, baseline: str, variants: list[str] | None = None) -> str:
+    """The two tables, over the sizes where any of `variants` (default: all) has a completed run;
+    a run's size is its name's `size-X` label."""
+    size_key = "size"
+    if variants:
+        df = df[df["variant"].isin([baseline, *variants])]
     variants = [baseline] + sorted(v for v in df["variant"].unique() if v != baseline)
     sizes = list(dict.fromkeys(df.sort_values("params_non_embedding")[size_key]))
     cell = {(r[size_key], r["variant"]): r for _, r in df.iterrows()}
@@ -68,7 +72,7 @@ def tables(df: pd.DataFrame, baseline: str, size_key: str = "size") -> str:
 def main(argv):
     if len(argv) != 2:
         raise app.UsageError("give one experiment folder")
-    sys.stdout.write(tables(load(argv[1]), FLAGS.baseline, FLAGS.size_key))
+    sys.stdout.write(tables(load(argv[1]), FLAGS.baseline, FLAGS.variants))
 
 
 if __name__ == "__main__":
