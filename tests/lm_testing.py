@@ -1,6 +1,6 @@
 """Helpers the model-family tests share: a jitted forward pass and decode step for any family
-(`lmjax.models.build`), random token ids, parameters moved off their init, and the bfloat16
-comparison."""
+(`lmjax.models.build`), random token ids, parameters moved off their init, the bfloat16
+comparison, and greedy decoding without a cache."""
 
 import functools
 import zlib
@@ -57,3 +57,16 @@ def assert_bfloat16_close(l32_BLV, l16_BLV):
     likely = p32_BLV > 0.01
     dlogp = jax.nn.log_softmax(l16_BLV) - jax.nn.log_softmax(l32_BLV)
     assert np.abs(dlogp[likely]).max() <= 0.1  # probabilities within 10%, relative
+
+
+def greedy_by_forward(run, prompt: str, n: int) -> str:
+    """What `run.generate(prompt, max_new_tokens=n, temperature=0)` must give, computed another
+    way: n argmaxes of full forward passes (`run.logits`, no cache) over the growing sequence,
+    decoded. The sequence is right-padded to its final length so that one shape compiles once:
+    a causal model's logits at a position do not see the padding after it."""
+    ids = [int(i) for i in run.tokenizer.encode(prompt)]
+    tokens_1L = np.zeros((1, len(ids) + n), np.int32)
+    for t in range(len(ids), len(ids) + n):
+        tokens_1L[0, :len(ids)] = ids
+        ids.append(int(np.argmax(run.logits(tokens_1L)[0, t - 1])))
+    return run.tokenizer.decode(ids[-n:])
