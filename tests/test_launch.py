@@ -96,10 +96,12 @@ def test_tpu_dry_run_creates_copies_runs_collects_and_deletes(tmp_path):
     """Every gcloud command in full, read back as a shell would split it; the user's command
     (an argument with a space and a quote in it) arrives on the workers word for word."""
     cmd = ["lmjax", "train", "--workdir", "gs://b/runs/x y", "--config.sample.prompt=it's"]
-    r = subprocess.run(["bash", "launch/tpu/run.sh", "--dry-run", "--name", "t1", "--zone", "z", "--type", "v4-16",
-                        "--", *cmd], capture_output=True, text=True, cwd=REPO, env={**os.environ, "TMPDIR": str(tmp_path)})
+    r = subprocess.run(["bash", "launch/tpu/run.sh", "--dry-run", "--name", "t1", "--zone", "z", "--type",
+                        "v4-16", "--", *cmd], capture_output=True, text=True, cwd=REPO,
+                       env={**os.environ, "TMPDIR": str(tmp_path)})
     assert r.returncode == 0, r.stderr
-    tarball, tpu, where = f"{tmp_path}/lmjax-t1.tgz", ["gcloud", "compute", "tpus", "tpu-vm"], ["--zone=z", "--worker=all"]
+    tarball, tpu = f"{tmp_path}/lmjax-t1.tgz", ["gcloud", "compute", "tpus", "tpu-vm"]
+    where = ["--zone=z", "--worker=all"]
     commands = [shlex.split(line) for line in r.stdout.splitlines()]
     assert commands == [
         [*tpu, "create", "t1", "--zone=z", "--accelerator-type=v4-16", "--version=tpu-ubuntu2204-base"],
@@ -113,11 +115,12 @@ def test_tpu_dry_run_creates_copies_runs_collects_and_deletes(tmp_path):
     ]
     remote = commands[4][-1].removeprefix("--command=")
     assert shlex.split(remote) == ["cd", "lmjax", "&&", *cmd, "2>&1", "|", "tee", "-a", "$HOME/lmjax-worker.log"]
-    queued = [shlex.split(line) for line in dry_run("launch/tpu/run.sh", "--dry-run", "--queued", "--name", "t1", "--zone",
-                                                    "z", "--type", "v4-16", "--", "lmjax", "train").splitlines()]
-    assert queued[0] == ["gcloud", "compute", "tpus", "queued-resources", "create", "t1", "--node-id=t1", "--zone=z",
-                         "--accelerator-type=v4-16", "--runtime-version=tpu-ubuntu2204-base"]
-    assert queued[-1] == ["gcloud", "compute", "tpus", "queued-resources", "delete", "t1", "--zone=z", "--force", "--quiet"]
+    out = dry_run("launch/tpu/run.sh", "--dry-run", "--queued", "--name", "t1", "--zone", "z", "--type", "v4-16",
+                  "--", "lmjax", "train")
+    queued, qr = [shlex.split(line) for line in out.splitlines()], ["gcloud", "compute", "tpus", "queued-resources"]
+    assert queued[0] == [*qr, "create", "t1", "--node-id=t1", "--zone=z", "--accelerator-type=v4-16",
+                         "--runtime-version=tpu-ubuntu2204-base"]
+    assert queued[-1] == [*qr, "delete", "t1", "--zone=z", "--force", "--quiet"]
     assert [c[:5] for c in queued[1:-1]] == [c[:5] for c in commands[1:-1]]  # the same in between
     assert not (REPO / "logs").exists()
 
