@@ -1,6 +1,9 @@
-"""Test-wide setup: 8 fake CPU devices (set before JAX starts) and a private cache dir."""
+"""Test-wide setup: 8 fake CPU devices (set before JAX starts) and a private cache dir; the
+PyTorch interpreter the benchmarks' tests give as --torch_python."""
 
 import os
+import shlex
+import sys
 from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -18,3 +21,18 @@ def _cache_dir(tmp_path_factory):
     if not os.environ.get("LMJAX_CACHE_DIR"):
         os.environ["LMJAX_CACHE_DIR"] = str(tmp_path_factory.mktemp("lmjax-cache"))
     yield
+
+
+@pytest.fixture
+def torch_python(tmp_path):
+    """(script, log): a PyTorch interpreter for a benchmark's --torch_python, this one (the hf
+    extra installs torch) behind a script that appends the GLIBC_TUNABLES each child starts with
+    to `log` and runs the child (nanogpt_reference.py, kernel_classes_torch.py) on one thread:
+    the tests' runs are tiny, and two PyTorch threads spinning against the other pytest worker
+    on a 2-core machine cost seconds of CPU per step."""
+    pytest.importorskip("torch")
+    script, log = tmp_path / "torch_python", tmp_path / "torch_python.log"
+    script.write_text(f'#!/bin/sh\necho "$GLIBC_TUNABLES" >> {shlex.quote(str(log))}\n'
+                      f'exec {shlex.quote(sys.executable)} "$@" --threads 1\n')
+    script.chmod(0o755)
+    return script, log

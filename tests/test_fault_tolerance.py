@@ -106,13 +106,33 @@ def tree_digest(folder):
     return h.hexdigest()
 
 
-def wait_for_step(proc, workdir, step, timeout=240):
+def metrics_file_id(workdir):
+    """metrics.jsonl's inode, None when there is none. A run replaces the file as it starts
+    (keeping the rows up to the step it resumes from), so a changed id means that the run
+    started after this was read has started logging."""
+    try:
+        return (Path(workdir) / "metrics.jsonl").stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def wait_for_step(proc, workdir, step, timeout=240, earlier_file=None):
+    """True once `proc` has logged a step >= `step`; False if it exits or `timeout` passes first.
+    earlier_file: metrics_file_id(workdir) from before `proc` started, when an earlier run left
+    rows there: they do not count, nor rows up to `proc`'s resume point (pass `step` past it)."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        if any(r.get("step", 0) >= step for r in logged_steps(workdir)):
+        if (metrics_file_id(workdir) != earlier_file
+                and any(r.get("step", 0) >= step for r in logged_steps(workdir))):
             return True
         time.sleep(0.02)
     return False
+
+
+def checkpoint_steps(workdir):
+    """The complete checkpoints' steps, in order (orbax writes a step under a temporary name)."""
+    folder = Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
 
 
 # --- 1. exact resumption after SIGKILL; 2. torn checkpoints -----------------------------------
@@ -123,25 +143,30 @@ def wait_for_step(proc, workdir, step, timeout=240):
 ])
 def test_sigkill_at_random_moments_then_resume_is_bitwise(tmp_path, family, devices, checkpoint_every):
     """Killed twice at random steps (with checkpoint_every=1 every kill lands while an
-    asynchronous save is in flight), the same command finishes with the uninterrupted run's
-    exact parameters, optimizer state and losses (the encoder's masks included)."""
+    asynchronous save is in flight), each time after the killed process trained a step of its
+    own, the same command finishes with the uninterrupted run's exact parameters, optimizer
+    state and losses (the encoder's masks included), and the last 3 checkpoints kept."""
     args = [*TINY, "--config.train.steps=36", f"--config.train.checkpoint_every={checkpoint_every}",
-            f"--config.model.family={family}"]
+            "--config.train.keep_checkpoints=3", f"--config.model.family={family}"]
     ref, work = tmp_path / "ref", tmp_path / "killed"
     proc = cli("train", *args, f"--workdir={ref}", devices=devices)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rng = random.Random(devices * 100 + checkpoint_every)
-    for kill_at in sorted(rng.sample(range(3, 34), 2)):
+    for kill_at in sorted(rng.sample(range(3, 30), 2)):
+        resume_at = max(checkpoint_steps(work), default=0)
+        earlier_file = metrics_file_id(work)
         p = subprocess.Popen(command("train", *args, f"--workdir={work}"), env=env(devices),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_step(p, work, kill_at)
+        assert wait_for_step(p, work, max(kill_at, resume_at + 1), earlier_file=earlier_file), \
+            f"the run exited ({p.returncode}) before step {max(kill_at, resume_at + 1)}"
         time.sleep(rng.random() * 0.05)
         p.send_signal(signal.SIGKILL)
-        p.wait()
+        assert p.wait() == -signal.SIGKILL  # killed, not exited on its own
     proc = cli("train", *args, f"--workdir={work}", devices=devices)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert_bitwise_equal(full_state(work), full_state(ref))
     assert losses(work) == losses(ref)
+    assert checkpoint_steps(work) == checkpoint_steps(ref) == [36 - 2 * checkpoint_every, 36 - checkpoint_every, 36]
 
 
 def test_torn_checkpoint_is_ignored(tmp_path):
@@ -152,11 +177,11 @@ def test_torn_checkpoint_is_ignored(tmp_path):
     assert cli("train", *args, f"--workdir={ref}").returncode == 0
     p = subprocess.Popen(command("train", *args, f"--workdir={work}"), env=env(1),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_step(p, work, 6)
+    assert wait_for_step(p, work, 6)
     p.send_signal(signal.SIGKILL)
-    p.wait()
+    assert p.wait() == -signal.SIGKILL
     # The kill may land before the step-4 save is final: then there is no complete checkpoint.
-    complete = max((int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit()), default=0)
+    complete = max(checkpoint_steps(work), default=0)
     torn = work / "checkpoints" / f"{complete + 4}.orbax-checkpoint-tmp"
     torn.mkdir(parents=True, exist_ok=True)
     (torn / "garbage").write_bytes(os.urandom(1000))

@@ -3,6 +3,7 @@ two real processes training as one."""
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -91,17 +92,36 @@ def test_k8s_manifest_has_what_kubernetes_needs():
     assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "lmjax-runs"
 
 
-def test_tpu_dry_run_creates_copies_runs_collects_and_deletes():
-    out = dry_run("launch/tpu/run.sh", "--dry-run", "--name", "t1", "--zone", "z", "--type", "v4-16", "--",
-                  "lmjax", "train", "--workdir", "gs://b/runs/x").splitlines()
-    steps = [" ".join(line.split()[:5]) for line in out]
-    assert steps == ["gcloud compute tpus tpu-vm create", "git -C " + str(REPO) + " archive --format=tar.gz",
-                     "gcloud compute tpus tpu-vm scp", "gcloud compute tpus tpu-vm ssh", "gcloud compute tpus tpu-vm ssh",
-                     "gcloud compute tpus tpu-vm scp", "gcloud compute tpus tpu-vm delete"]
-    assert "--worker=all" in out[3] and r"lmjax\ train\ --workdir\ gs://b/runs/x" in out[4]
-    queued = dry_run("launch/tpu/run.sh", "--dry-run", "--queued", "--name", "t1", "--zone", "z", "--type", "v4-16",
-                     "--", "lmjax", "train")
-    assert "queued-resources create t1" in queued and "queued-resources delete t1" in queued
+def test_tpu_dry_run_creates_copies_runs_collects_and_deletes(tmp_path):
+    """Every gcloud command in full, read back as a shell would split it; the user's command
+    (an argument with a space and a quote in it) arrives on the workers word for word."""
+    cmd = ["lmjax", "train", "--workdir", "gs://b/runs/x y", "--config.sample.prompt=it's"]
+    r = subprocess.run(["bash", "launch/tpu/run.sh", "--dry-run", "--name", "t1", "--zone", "z", "--type",
+                        "v4-16", "--", *cmd], capture_output=True, text=True, cwd=REPO,
+                       env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    tarball, tpu = f"{tmp_path}/lmjax-t1.tgz", ["gcloud", "compute", "tpus", "tpu-vm"]
+    where = ["--zone=z", "--worker=all"]
+    commands = [shlex.split(line) for line in r.stdout.splitlines()]
+    assert commands == [
+        [*tpu, "create", "t1", "--zone=z", "--accelerator-type=v4-16", "--version=tpu-ubuntu2204-base"],
+        ["git", "-C", str(REPO), "archive", "--format=tar.gz", "--prefix=lmjax/", "-o", tarball, "HEAD"],
+        [*tpu, "scp", tarball, "t1:lmjax.tgz", *where],
+        [*tpu, "ssh", "t1", *where,
+         "--command=rm -rf lmjax && tar xzf lmjax.tgz && cd lmjax && pip install -q -e . 'jax[tpu]'"],
+        [*tpu, "ssh", "t1", *where, commands[4][-1]],
+        [*tpu, "scp", "t1:lmjax-worker.log", "logs/t1/", *where],
+        [*tpu, "delete", "t1", "--zone=z", "--quiet"],
+    ]
+    remote = commands[4][-1].removeprefix("--command=")
+    assert shlex.split(remote) == ["cd", "lmjax", "&&", *cmd, "2>&1", "|", "tee", "-a", "$HOME/lmjax-worker.log"]
+    out = dry_run("launch/tpu/run.sh", "--dry-run", "--queued", "--name", "t1", "--zone", "z", "--type", "v4-16",
+                  "--", "lmjax", "train")
+    queued, qr = [shlex.split(line) for line in out.splitlines()], ["gcloud", "compute", "tpus", "queued-resources"]
+    assert queued[0] == [*qr, "create", "t1", "--node-id=t1", "--zone=z", "--accelerator-type=v4-16",
+                         "--runtime-version=tpu-ubuntu2204-base"]
+    assert queued[-1] == [*qr, "delete", "t1", "--zone=z", "--force", "--quiet"]
+    assert [c[:5] for c in queued[1:-1]] == [c[:5] for c in commands[1:-1]]  # the same in between
     assert not (REPO / "logs").exists()
 
 

@@ -13,7 +13,7 @@ from lmjax.config import RECURRENT, MeshConfig, ModelConfig
 from lmjax.models import init_cache, init_params, unembedding_VD
 from lmjax.models.recurrent import CELLS, RecurrentLM, flops_per_token, param_count
 from lmjax.training import sharding
-from lm_testing import decode_step, forward, random_tokens
+from lm_testing import assert_bfloat16_close, decode_step, forward, random_tokens, trained_like
 
 VOCAB, MAX_LEN = 50, 32
 # family -> (its cell's parameters: input kernels without bias, with bias; recurrent likewise)
@@ -151,11 +151,13 @@ def test_hidden_states_project_to_logits(tie):
 def test_bfloat16_close_to_float32(family):
     cfg32, params = model(family)
     cfg16 = dataclasses.replace(cfg32, dtype="bfloat16")
-    x_BL = tokens(6)
-    l32, l16 = forward(params, x_BL, cfg=cfg32), forward(params, x_BL, cfg=cfg16)
-    assert l16.dtype == jnp.float32 and not np.array_equal(l16, l32)
-    np.testing.assert_allclose(l16, l32, atol=0.05 * np.abs(l32).max())
-    cache = init_cache(cfg16, 2)  # the cache stays float32 through a bfloat16 decode step
+    x_BL, moved = tokens(6), trained_like(params, embedding_scale=100)
+    # The Elman cell carries its state in the compute dtype (a float32 carry fails in its scan), so
+    # bfloat16 rounding compounds over the steps: 15.5% measured on a likely probability, against
+    # 4% (lstm) and 8% (gru), whose carries stay float32.
+    assert_bfloat16_close(forward(moved, x_BL, cfg=cfg32), forward(moved, x_BL, cfg=cfg16),
+                          prob_rtol=0.2 if family == "rnn" else 0.1)
+    cache = init_cache(cfg16, 2)  # the carry stays float32 through a bfloat16 decode step
     _, cache = decode_step(params, cache, x_BL[:, :3], cfg=cfg16)
     assert all(x.dtype == jnp.float32 for k, x in jax.tree_util.tree_leaves_with_path(cache)
                if "cache_index" not in jax.tree_util.keystr(k))

@@ -136,7 +136,12 @@ def test_cli_eval_and_sample_one_replica(replicated, capsys):
     assert main(["eval", f"--workdir={root / 'both'}", "--replica=1", "--batches=2"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["loss"] == pytest.approx(
         separate[1]["val_loss"], rel=RTOL)
+    # Sampled, not greedy: after 8 steps both replicas' greedy continuation is spaces.
     assert main(["sample", f"--workdir={root / 'both'}", "--replica=1", "--prompt=ab",
-                 "--max_new_tokens=4", "--temperature=0"]) == 0
+                 "--max_new_tokens=12", "--temperature=1", "--seed=0"]) == 0
+    sampled = [lmjax.load(root / "both", replica=k).generate("ab", max_new_tokens=12, temperature=1.0, seed=0)
+               for k in range(K)]
+    assert sampled[0] != sampled[1]  # else this could not tell which replica sampled
+    assert capsys.readouterr().out == f"--- prompt: 'ab'\nab{sampled[1]}\n"
     assert main(["eval", f"--workdir={root / 'both'}", "--replica=7"]) != 0
     assert "replica=7 is not one of 0..1" in capsys.readouterr().err
