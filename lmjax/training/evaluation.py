@@ -107,7 +107,7 @@ class Sums:
     loss: np.ndarray  # float64 [m]: summed target losses
     count: np.ndarray  # [m]: targets scored
     correct: np.ndarray  # [m]: top-1 hits
-    bytes: np.ndarray  # [m]: UTF-8 bytes of the scored targets
+    bytes: int  # UTF-8 bytes of all scored targets
     loss_L: np.ndarray  # [L]: summed losses at each position of the window
     count_L: np.ndarray  # [L]
 
@@ -124,7 +124,7 @@ def summary(s: Sums, *, family: str, overlap: int) -> dict:
     if family == "encoder":
         return {"masked_loss": loss, "masked_loss_se": se, "masked_accuracy": float(s.correct.sum()) / max(count, 1.0),
                 "masked_tokens": int(count), "loss_by_position": by_position}
-    nbytes = int(s.bytes.sum())
+    nbytes = int(s.bytes)
     return {
         "loss": loss,
         "loss_se": se,
@@ -180,22 +180,22 @@ def evaluate(setup, params, tokens: np.ndarray, *, seq_len: int, batch_size: int
     procs = dict(process_index=0, process_count=1) if alone else dict(
         process_index=jax.process_index(), process_count=jax.process_count())
     put = functools.partial(sharding.global_batch, mesh=setup.mesh, sharding=setup.eval_batch_sharding)
-    out, nbytes = [], []
+    out, nbytes = [], 0
     for batch, weights, index in batches(tokens, win, batch_size=batch_size, **procs):
         # One batch in flight at a time: independent multi-device programs queued together can
         # reach their all-reduces in different orders on different devices (XLA:CPU deadlocked
         # on a whole-split eval over 8 devices).
         out.append(jax.block_until_ready(setup.eval_step(params, put(batch), put(weights), put(index))))
-        nbytes.append(_local_bytes(batch, weights, token_bytes))
+        nbytes += _local_bytes(batch, weights, token_bytes)
     loss_B, count_B, correct_B, loss_L, count_L = zip(*jax.device_get(out))
     rows = len(win.index)  # the rest are padding
     per_row = [np.concatenate(x, axis=-1)[..., :rows] for x in (loss_B, count_B, correct_B)]
     per_position = [np.sum(x, axis=0) for x in (loss_L, count_L)]
-    nbytes_B = (np.concatenate(nbytes) if alone else _all_rows(np.concatenate(nbytes)))[:rows]
+    nbytes = nbytes if alone else _sum_over_processes(nbytes)
 
     def one(k):
         pick = (lambda x: x[k]) if setup.replicas > 1 else (lambda x: x)
-        sums = Sums(*(pick(x).astype(np.float64) for x in per_row), nbytes_B, *(pick(x) for x in per_position))
+        sums = Sums(*(pick(x).astype(np.float64) for x in per_row), nbytes, *(pick(x) for x in per_position))
         return summary(sums, family=setup.model_cfg.family, overlap=overlap)
 
     if setup.replicas == 1:
@@ -203,18 +203,15 @@ def evaluate(setup, params, tokens: np.ndarray, *, seq_len: int, batch_size: int
     return combine_replicas([one(k) for k in range(setup.replicas)])
 
 
-def _local_bytes(batch: np.ndarray, weights: np.ndarray, token_bytes: np.ndarray) -> np.ndarray:
-    """UTF-8 bytes of each row's scored targets (this process's rows)."""
-    return (token_bytes[batch[:, 1:]] * weights).sum(axis=1).astype(np.int64)
+def _local_bytes(batch: np.ndarray, weights: np.ndarray, token_bytes: np.ndarray) -> int:
+    """UTF-8 bytes of the targets this process's rows score."""
+    return int((token_bytes[batch[:, 1:]] * weights).sum())
 
 
-def _all_rows(local: np.ndarray) -> np.ndarray:
-    """Every process's rows of a per-row array, in global row order."""
-    if jax.process_count() == 1:
-        return local
+def _sum_over_processes(local: int) -> int:
     from jax.experimental import multihost_utils
 
-    return np.asarray(multihost_utils.process_allgather(local, tiled=True))
+    return int(np.sum(multihost_utils.process_allgather(np.int64(local))))
 
 
 def evaluate_ngram(model, tokens: np.ndarray, *, seq_len: int, max_windows: int, token_bytes: np.ndarray) -> dict:
@@ -228,5 +225,5 @@ def evaluate_ngram(model, tokens: np.ndarray, *, seq_len: int, max_windows: int,
     loss_mL = np.where(real, -logp[safe], 0.0)
     ids = np.asarray(tokens[safe + 1], dtype=np.int64)
     sums = Sums(loss_mL.sum(axis=1), real.sum(axis=1), np.zeros(len(win.index)),
-                (token_bytes[ids] * real).sum(axis=1), loss_mL.sum(axis=0), real.sum(axis=0))
+                int((token_bytes[ids] * real).sum()), loss_mL.sum(axis=0), real.sum(axis=0))
     return summary(sums, family="ngram", overlap=0)
