@@ -193,7 +193,7 @@ def test_family_switched_on_the_command_line_resets_the_config_files_keys(tmp_pa
     assert json.loads((tmp_path / "a" / "config.json").read_text())["model"]["width"] == 256
     code, out, err = run_cli([*base, "--config.model.width=256", f"--workdir={tmp_path / 'b'}"], capsys)
     assert code == 2 and err.strip().splitlines() == [
-        "error: config.model.width applies to the decoder, encoder, lstm and mlp families, not "
+        "error: config.model.width applies to the decoder, encoder, lstm, gru, rnn and mlp families, not "
         "config.model.family='ngram'; leave it at its default (256) or choose another family"]
 
 

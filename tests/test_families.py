@@ -79,7 +79,7 @@ def test_family_trains_sharded_like_one_device_and_resumes_exactly(family, tmp_p
     assert run.generate("ROMEO:", max_new_tokens=10, temperature=0.0) == greedy_by_forward(run, "ROMEO:", 10)
     scores = run.score("To be, or not to be")
     assert scores.logprobs.shape == (len("To be, or not to be") - 1,) and np.all(scores.logprobs <= 0)
-    ev = run.evaluate(batches=2)
+    ev = run.evaluate()  # the whole split, as training's final evaluation
     assert ev["loss"] == pytest.approx(final["val_loss"], rel=1e-5)
 
 
@@ -181,7 +181,7 @@ def test_encoder_pretrains_sharded_like_one_device_resumes_and_fills(tmp_path):
     for top in filled:
         probs = [p for _, p in top]
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
-    ev = run.evaluate(batches=2)
+    ev = run.evaluate()  # the whole split, as training's final evaluation
     assert ev["masked_loss"] == pytest.approx(final["val_masked_loss"], rel=1e-5)
     with pytest.raises(LmjaxError, match="masked LM"):
         run.generate("ROMEO:", max_new_tokens=4)

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.fault
 
 TINY = [
     "--config.data.corpus=tinyshakespeare", "--config.data.tokenizer=byte",
-    "--config.model.num_layers=2", "--config.model.num_heads=4", "--config.model.width=64",
+    "--config.model.num_layers=2", "--config.model.width=64",  # 4 heads: the default
     "--config.model.dropout=0.1", "--config.train.batch_size=8", "--config.train.seq_len=32",
     "--config.train.lr=3e-3", "--config.train.warmup_steps=2", "--config.train.log_every=1",
     "--config.train.eval_every=100000", "--config.train.eval_batches=1", "--config.sample.prompt=",

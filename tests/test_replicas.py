@@ -133,7 +133,7 @@ def test_cli_eval_and_sample_one_replica(replicated, capsys):
     from lmjax.cli.main import main
 
     root, _, separate = replicated
-    assert main(["eval", f"--workdir={root / 'both'}", "--replica=1", "--batches=2"]) == 0
+    assert main(["eval", f"--workdir={root / 'both'}", "--replica=1"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["loss"] == pytest.approx(
         separate[1]["val_loss"], rel=RTOL)
     # Sampled, not greedy: after 8 steps both replicas' greedy continuation is spaces.
