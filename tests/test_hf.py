@@ -33,12 +33,14 @@ ATOL = 1e-4
 # One run per layout and attention, each written by another topology, tokenizer and corpus.
 RUNS = {
     "gpt2": dict(model=dict(positions="learned", norm="layernorm", bias=True, norm_eps=1e-5),
-                 data=dict(corpus="tinyshakespeare", tokenizer="char"), mesh=dict(data=2, fsdp=2, tensor=2)),
+                 data=dict(corpus="tinyshakespeare", val_fraction=0.02, tokenizer="char"),
+                 mesh=dict(data=2, fsdp=2, tensor=2)),
     "llama_mha_scanned": dict(model=dict(mlp="swiglu", scan_layers=True, rope_theta=500.0),
-                              data=dict(corpus="stdlib", tokenizer="byte"), mesh=dict(data=8)),
+                              data=dict(corpus="stdlib", val_fraction=0.01, tokenizer="byte"), mesh=dict(data=8)),
     "llama_gqa": dict(model=dict(mlp="swiglu", mlp_width=80, attention="gqa", num_kv_heads=2,
                                  tie_embeddings=False, bias=True),
-                      data=dict(corpus="tinyshakespeare", tokenizer="sentencepiece", vocab_size=400),
+                      data=dict(corpus="tinyshakespeare", val_fraction=0.02, tokenizer="sentencepiece",
+                                vocab_size=400),
                       mesh=dict(data=2, fsdp=4)),
 }
 

@@ -149,7 +149,8 @@ def test_which_environments_name_a_job():
         cluster_kwargs({**explicit, "JAX_PROCESS_ID": "2"})
 
 
-TINY = ["--config", "configs/default.py", "--config.data.corpus=tinyshakespeare", "--config.model.num_layers=1",
+TINY = ["--config", "configs/default.py", "--config.data.corpus=tinyshakespeare", "--config.data.val_fraction=0.02",
+        "--config.model.num_layers=1",
         "--config.model.width=32", "--config.model.num_heads=2", "--config.train.steps=6",
         "--config.train.batch_size=8", "--config.train.seq_len=32", "--config.train.log_every=1",
         "--config.train.eval_every=6", "--config.train.eval_batches=2", "--config.train.checkpoint_every=3",
