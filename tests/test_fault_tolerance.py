@@ -148,13 +148,13 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise(tmp_path, family, devi
     asynchronous save is in flight), each time after the killed process trained a step of its
     own, the same command finishes with the uninterrupted run's exact parameters, optimizer
     state and losses (the encoder's masks included), and the last 3 checkpoints kept."""
-    args = [*TINY, "--config.train.steps=36", f"--config.train.checkpoint_every={checkpoint_every}",
+    args = [*TINY, "--config.train.steps=24", f"--config.train.checkpoint_every={checkpoint_every}",
             "--config.train.keep_checkpoints=3", f"--config.model.family={family}"]
     ref, work = tmp_path / "ref", tmp_path / "killed"
     proc = cli("train", *args, f"--workdir={ref}", devices=devices)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rng = random.Random(devices * 100 + checkpoint_every)
-    for kill_at in sorted(rng.sample(range(3, 30), 2)):
+    for kill_at in sorted(rng.sample(range(3, 20), 2)):
         resume_at = max(checkpoint_steps(work), default=0)
         earlier_file = metrics_file_id(work)
         p = subprocess.Popen(command("train", *args, f"--workdir={work}"), env=env(devices),
@@ -168,7 +168,7 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise(tmp_path, family, devi
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert_bitwise_equal(full_state(work), full_state(ref))
     assert losses(work) == losses(ref)
-    assert checkpoint_steps(work) == checkpoint_steps(ref) == [36 - 2 * checkpoint_every, 36 - checkpoint_every, 36]
+    assert checkpoint_steps(work) == checkpoint_steps(ref) == [24 - 2 * checkpoint_every, 24 - checkpoint_every, 24]
 
 
 def test_torn_checkpoint_is_ignored(tmp_path):
