@@ -11,6 +11,7 @@ import pytest
 
 import lmjax
 from lmjax import config as config_lib
+from lmjax.cli.main import main as cli_main
 from lmjax.data.tasks import STDLIB_GROUPS, load_task
 from lmjax.data.tokenizers import ByteTokenizer, CharTokenizer
 from lmjax.errors import ConfigError, DataError
@@ -147,7 +148,7 @@ def error_lines(stderr):
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
-def test_cli_finetune_eval_and_bad_inputs(decoder_run, tmp_path):
+def test_cli_finetune_eval_and_bad_inputs(decoder_run, tmp_path, capsys):
     out = tmp_path / "cls"
     r = lmjax_cli("finetune", "--init", str(decoder_run), "--task", "stdlib-modules", "--workdir", str(out),
                   "--config.finetune.steps=2", "--config.finetune.max_per_label=20", "--config.finetune.batch_size=4")
@@ -168,8 +169,10 @@ def test_cli_finetune_eval_and_bad_inputs(decoder_run, tmp_path):
         (["--init", str(decoder_run)], f"workdir {out} already holds a run"),
         (["--init", str(decoder_run), "--config.model.width=8"], "takes config.finetune keys only"),
     ]:
-        r = lmjax_cli("finetune", *args, "--workdir", str(out))
-        assert r.returncode == 2 and len(error_lines(r.stderr)) == 1 and message in r.stderr, r.stderr
+        # The command line's entry point in this process: no start-up per case.
+        code = cli_main(["finetune", *args, "--workdir", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and len(error_lines(err)) == 1 and message in err, err
     assert sorted(p.name for p in (out / CHECKPOINTS).iterdir()) == saved  # nothing touched
 
 
