@@ -45,7 +45,10 @@ RECURRENT = ("lstm", "gru", "rnn")  # one recurrent module, its cell named by th
 NEURAL = ("decoder", "encoder", *RECURRENT, "mlp")  # the families trained by gradient steps
 CAUSAL = ("decoder", *RECURRENT, "mlp", "ngram")  # the next-token language models (all but encoder)
 COUNTED_STEP = 1  # an n-gram model is counted, not trained: its checkpoint and result are "step 1"
-TOKENIZERS = ("byte", "char", "sentencepiece", "hf")
+TOKENIZERS = ("byte", "char", "sentencepiece", "bpe", "hf")
+TRAINED_TOKENIZERS = ("sentencepiece", "bpe")  # learn a vocabulary of config.data.vocab_size
+PACKINGS = ("concat", "documents")
+BAD_RECORDS = ("error", "skip")
 SP_MODEL_TYPES = ("bpe", "unigram")
 VAL_PARTS = ("all", "tune", "test")  # the whole validation split, its first half, its second half
 NORMS = ("rmsnorm", "layernorm")
@@ -110,17 +113,32 @@ def _divisors(n: int) -> list[int]:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    corpus: str = key("stdlib", "'stdlib', 'tinyshakespeare', or a path/glob of UTF-8 text files")
+    corpus: str = key("stdlib", "'stdlib', 'tinyshakespeare', or a path, folder or glob of UTF-8 text "
+                      "files (each file a document), .jsonl / .jsonl.gz / .jsonl.zst or .parquet files "
+                      "(each record a document), or a Hugging Face datasets folder (save_to_disk)")
+    mixture: str = key("", "instead of corpus: several corpora with weights, 'SOURCE:W,SOURCE:W' (a "
+                       "source may be named, 'NAME=SOURCE:W'); each batch takes each source's share "
+                       "of rows, and validation is reported per source")
+    text_key: str = key("text", "JSONL, Parquet and datasets inputs: the field holding a record's text")
+    bad_records: str = key("error", "a record that is not JSON, has no text_key or is not UTF-8: "
+                           "'error' names it and stops, 'skip' leaves it out and counts it",
+                           choices=BAD_RECORDS)
     tokenizer: str = key("byte", "how text becomes ids", choices=TOKENIZERS)
-    vocab_size: int = key(0, "sentencepiece: the vocabulary to train; hf: the model's (>= the "
+    vocab_size: int = key(0, "sentencepiece, bpe: the vocabulary to train; hf: the model's (>= the "
                           "tokenizer's; 0: the tokenizer's); byte/char derive theirs", minimum=0)
     tokenizer_path: str = key("", "tokenizer='hf': a Hugging Face tokenizer.json (`lmjax import` "
                               "writes one into the workdir); needs the hf extra",
                               identity=False)  # its contents are checked on resume, not its place
     sp_model_type: str = key("bpe", "sentencepiece model", choices=SP_MODEL_TYPES)
-    val_fraction: float = key(0.1, "share held out: by file (stdlib, globs) or the text's tail")
+    tokenizer_train_bytes: int = key(20_000_000, "sentencepiece, bpe: train on at most this many "
+                                     "bytes of training documents, sampled evenly over them", minimum=1)
+    val_fraction: float = key(0.1, "share held out: by document (a hash of its file and position), "
+                              "or for one text file its tail")
+    packing: str = key("concat", "'concat': windows drawn over the documents end to end; "
+                       "'documents': rows of whole documents (a long one's tail), attention and "
+                       "positions within each document (decoder, encoder)", choices=PACKINGS)
     data_dir: str = key("", "where named corpora live; empty means $LMJAX_DATA_DIR", identity=False)
-    cache_dir: str = key("", "token caches; empty means $LMJAX_CACHE_DIR or ~/.cache/lmjax",
+    cache_dir: str = key("", "token stores; empty means $LMJAX_CACHE_DIR or ~/.cache/lmjax",
                          identity=False)
     # Not identity: it changes what is evaluated, never the parameters or the token stream.
     val_part: str = key("all", "validation tokens every evaluation scores: all, or the first ('tune') "
@@ -132,14 +150,20 @@ class DataConfig:
         if self.vocab_size > MAX_VOCAB:
             raise ConfigError(f"config.data.vocab_size={self.vocab_size} is too large for the token "
                               "cache (ids must fit int32); lower config.data.vocab_size")
-        if self.tokenizer == "sentencepiece" and self.vocab_size <= 0:
-            raise ConfigError("config.data.tokenizer='sentencepiece' needs config.data.vocab_size > 0, "
+        if self.tokenizer in TRAINED_TOKENIZERS and self.vocab_size <= 0:
+            raise ConfigError(f"config.data.tokenizer={self.tokenizer!r} needs config.data.vocab_size > 0, "
                               "e.g. 4096")
         if (self.tokenizer == "hf") != bool(self.tokenizer_path):
             raise ConfigError("config.data.tokenizer_path goes with config.data.tokenizer='hf' (a "
                               "tokenizer.json), and only with it; set both or neither")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"config.data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not self.text_key:
+            raise ConfigError("config.data.text_key must name a field, e.g. 'text'")
+        if self.mixture:
+            from lmjax.data.sources import parse_mixture
+
+            parse_mixture(self.mixture)  # raises ConfigError naming the bad part
 
 
 # -------------------------------------------------------------------------------------- model
@@ -412,9 +436,21 @@ class Config:
         if self.train.loss_chunk and self.model.family == "encoder":
             raise ConfigError("config.train.loss_chunk is for next-token losses; the encoder's masked-LM "
                               "loss scores few positions: set loss_chunk=0")
+        if self.data.packing == "documents":
+            self._check_documents_packing()
         if self.train.loss_chunk and self.model.family == "mlp" and self.model.direct:
             raise ConfigError("config.train.loss_chunk projects the last hidden layer alone, without "
                               "config.model.direct's context-to-output term; set loss_chunk=0 or direct=False")
+
+    def _check_documents_packing(self):
+        m = self.model
+        if m.family not in TRANSFORMERS:
+            raise ConfigError(f"config.data.packing='documents' keeps attention inside documents, which "
+                              f"the {m.family} family does not have; use packing='concat' (or a decoder or "
+                              "encoder)")
+        if m.attention == "linear":
+            raise ConfigError("config.data.packing='documents' needs softmax attention (a mask per document); "
+                              "attention='linear' has none: use mha, mqa or gqa, or packing='concat'")
 
     def to_dict(self) -> dict:
         """The config keys, section by section (what config.json and checkpoints hold)."""
