@@ -438,6 +438,9 @@ class Config:
                               "loss scores few positions: set loss_chunk=0")
         if self.data.packing == "documents":
             self._check_documents_packing()
+        if self.data.mixture and self.model.family == "ngram":
+            raise ConfigError("config.data.mixture draws each batch's rows from its sources; an n-gram model is "
+                              "counted over one corpus: set config.data.corpus instead")
         if self.train.loss_chunk and self.model.family == "mlp" and self.model.direct:
             raise ConfigError("config.train.loss_chunk projects the last hidden layer alone, without "
                               "config.model.direct's context-to-output term; set loss_chunk=0 or direct=False")

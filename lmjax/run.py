@@ -187,12 +187,12 @@ class Run:
         data_cfg = self.config.data
         data = prepare(data_cfg if val_part is None else dataclasses.replace(data_cfg, val_part=val_part))
         tc = self.config.train
-        kw = dict(seq_len=tc.seq_len, max_windows=batches * tc.batch_size, token_bytes=data.tokenizer.token_bytes())
+        kw = dict(seq_len=tc.seq_len, max_windows=batches * tc.batch_size)
         if self.config.model.family == "ngram":
-            return evaluation.evaluate_ngram(self.params, data.val, **kw)
+            return evaluation.evaluate_data(None, self.params, data, batch_size=0, **kw)
         setup = make_setup(self.config, vocab_size=self.tokenizer.vocab_size, mesh=_one_device_mesh())
         rows = evaluation.batch_rows(tc.batch_size, tc.seq_len, self.model_cfg.vocab_size)
-        return evaluation.evaluate(setup, self.params, data.val, batch_size=rows, **kw)
+        return evaluation.evaluate_data(setup, self.params, data, batch_size=rows, **kw)
 
 
 def replica_row(row: dict, k: int) -> dict:

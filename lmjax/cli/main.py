@@ -1,6 +1,7 @@
-"""The `lmjax` command: train, eval, sample, sweep, report.
+"""The `lmjax` command: train, prepare, eval, sample, sweep, report.
 
     lmjax train [--config configs/NAME.py[:ARG]] [--config.model.num_layers=4 ...] [--workdir runs/x]
+    lmjax prepare [--config configs/NAME.py[:ARG]] [--config.data.corpus=... ...] [--workers N] [--ray ADDRESS] [--rebuild]
     lmjax eval --workdir runs/x [--batches N] [--val_part all|tune|test]
     lmjax sample --workdir runs/x --prompt "def " [--prompt "..."] [--temperature 0.8 ...]
     lmjax finetune --init runs/x --task stdlib-modules --workdir runs/x-cls [--config.finetune.steps=300 ...]
@@ -26,7 +27,7 @@ from ml_collections import config_flags
 from lmjax import config as config_lib
 from lmjax.errors import ConfigError, LmjaxError
 
-COMMANDS = ("train", "eval", "sample", "finetune", "export", "import", "sweep", "report")
+COMMANDS = ("train", "prepare", "eval", "sample", "finetune", "export", "import", "sweep", "report")
 HELP = ("-h", "--help", "-help", "--helpfull")  # any of them, anywhere after the command
 # Commands with their own parsers, in their own folders.
 DELEGATED = {"sweep": "lmjax.sweeps.cli", "report": "lmjax.analysis.cli"}
@@ -41,19 +42,28 @@ def default_config_path() -> str:
 def _define_flags(command: str, fv: flags.FlagValues, argv: list[str]) -> None:
     """`argv`: the command line config_flags takes --config.KEY overrides from."""
     flags.DEFINE_boolean("verbose", False, "Show tracebacks for errors.", flag_values=fv)
-    if command == "train":
+    if command in ("train", "prepare"):
         config_flags.DEFINE_config_file(
             "config", default_config_path() or None, "Config file (configs/NAME.py[:ARG]).",
             flag_values=fv, lock_config=False, sys_argv=argv,
         )
-        flags.DEFINE_string("workdir", "", "Run folder (default runs/<config name>).", flag_values=fv)
-        flags.DEFINE_boolean("force", False, "Start over in a workdir that holds another config's run "
-                             "(its checkpoints are renamed, not deleted).", flag_values=fv)
-        flags.DEFINE_boolean("progress", True, "Show a progress bar.", flag_values=fv)
         flags.DEFINE_boolean("distributed", False, "Call jax.distributed.initialize() even where the "
                              "environment names no job lmjax recognises (a SLURM step of several "
                              "tasks, a multi-host TPU slice and JAX_COORDINATOR_ADDRESS / "
                              "JAX_NUM_PROCESSES / JAX_PROCESS_ID join by themselves).", flag_values=fv)
+    if command == "prepare":
+        flags.DEFINE_integer("workers", 0, "Tokenizing processes (0: this machine's cores; in a job of "
+                             "several processes, per process).", flag_values=fv)
+        flags.DEFINE_string("ray", "", "Run the per-shard work as Ray tasks on the cluster at this "
+                            "address (host:port of `ray start --head`; needs lmjax[ray]).", flag_values=fv)
+        flags.DEFINE_boolean("rebuild", False, "Set the existing tokenizer and token store aside "
+                             "(renamed, not deleted) and build them again.", flag_values=fv)
+        return
+    if command == "train":
+        flags.DEFINE_string("workdir", "", "Run folder (default runs/<config name>).", flag_values=fv)
+        flags.DEFINE_boolean("force", False, "Start over in a workdir that holds another config's run "
+                             "(its checkpoints are renamed, not deleted).", flag_values=fv)
+        flags.DEFINE_boolean("progress", True, "Show a progress bar.", flag_values=fv)
         return
     if command == "finetune":
         config_flags.DEFINE_config_dict("config", config_lib.finetune_base_config(),
@@ -133,10 +143,10 @@ def command_help(command: str) -> str:
     and the config keys it takes."""
     usage = [line.strip() for line in __doc__.splitlines() if line.strip().startswith(f"lmjax {command} ")]
     fv = command_flags(command)
-    if command not in ("train", "import", "finetune"):
+    if command not in ("train", "prepare", "import", "finetune"):
         return f"usage: {usage[0]}\n\nflags:\n{flags_help(fv)}"
     # train's --config is a file; import's and finetune's is the keys listed after the flags
-    inline = () if command == "train" else ("config",)
+    inline = () if command in ("train", "prepare") else ("config",)
     return f"usage: {usage[0]}\n\nflags:\n{flags_help(fv, inline)}\n\n{_config_keys_help(command)}"
 
 
@@ -149,7 +159,7 @@ def check_overrides(argv: list[str]) -> None:
 
 
 def parse(command: str, argv: list[str]) -> flags.FlagValues:
-    if command in ("train", "import"):
+    if command in ("train", "prepare", "import"):
         check_overrides(argv)
     if command == "finetune":
         for arg in argv:
@@ -158,7 +168,7 @@ def parse(command: str, argv: list[str]) -> flags.FlagValues:
     try:
         fv = command_flags(command, argv)
         fv([f"lmjax {command}", *argv])
-        if command == "train":
+        if command in ("train", "prepare"):
             if fv.config is None:
                 raise ConfigError("no config: pass --config configs/NAME.py")
             fv.config.to_dict()  # config_flags defers loading errors to the first attribute use
@@ -176,16 +186,38 @@ def given_keys(fv) -> list[str]:
     return list(config_flags.get_override_values(fv["config"]))
 
 
-def run_train(fv) -> int:
+def _join_and_reset(fv) -> str:
+    """Join the job (before any other JAX call), reset other families' keys; the config's file."""
     from lmjax.process.distributed import join_cluster
-    from lmjax.training.loop import train
 
-    join_cluster(force=fv.distributed)  # before any other JAX call: every process joins one mesh
+    join_cluster(force=fv.distributed)  # every process joins one mesh
     config_file = fv["config"].config_filename or "default"
     reset = config_lib.reset_other_family_keys(fv.config, given_keys(fv))
     if reset and _reporter():
         print(f"note: keys of other families than {fv.config.model.family!r} that {config_file} sets, "
               f"reset to their defaults: {', '.join('config.model.' + k for k in reset)}", file=sys.stderr)
+    return config_file
+
+
+def run_prepare(fv) -> int:
+    import time
+
+    from lmjax.data.dataset import prepare, summary
+    from lmjax.process.distributed import store_job
+
+    _join_and_reset(fv)
+    data_cfg = config_lib.resolve(fv.config).data
+    t0 = time.perf_counter()
+    data = prepare(data_cfg, workers=fv.workers, job=store_job(), ray_address=fv.ray, rebuild=fv.rebuild)
+    if _reporter():
+        print(json.dumps(summary(data, time.perf_counter() - t0)))
+    return 0
+
+
+def run_train(fv) -> int:
+    from lmjax.training.loop import train
+
+    config_file = _join_and_reset(fv)
     name = Path(config_file).stem
     workdir = fv.workdir or f"runs/{name}"
     final = train(fv.config, workdir, progress=fv.progress, force=fv.force)
@@ -314,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in HELP for a in rest):
         print(command_help(command))
         return 0
-    commands = {"train": run_train, "eval": run_eval, "sample": run_sample, "finetune": run_finetune,
+    commands = {"train": run_train, "prepare": run_prepare, "eval": run_eval, "sample": run_sample, "finetune": run_finetune,
                 "export": run_export, "import": run_import}
     return guarded(lambda: commands[command](parse(command, rest)), verbose="--verbose" in rest)
 

@@ -1,18 +1,21 @@
-"""Token datasets: a cached, memory-mapped token array per split, and batches drawn from it.
+"""`prepare(config.data)`: the tokenizer and the token store of each source, built once.
 
-`prepare` tokenizes a corpus once and caches it under `<cache_root>/tokens/<key>/`:
-    tokenizer.json  the tokenizer (self-contained JSON)
-    train.bin       train token ids, raw little-endian uint16 (vocab <= 65536) or uint32
-    val.bin         val token ids, same dtype
-    meta.json       dtype, token and byte counts, fingerprints, vocab_size
-The folder is written under a temporary name and renamed into place, so a reader never sees half of it.
+    <root>/tokenizers/<key>/tokenizer.json   a trained tokenizer (char, sentencepiece, bpe), keyed
+                                             by its settings and its sources (names, weights, read
+                                             options): trained on their training documents once
+    <root>/stores/<key>/                     each source's token store (lmjax/data/store.py)
 
-`config.data.val_part` is applied here, once, as a view of the cached val split (so it stays out
-of the cache key): every evaluation (training's val_*, `lmjax eval`, `run.evaluate()`) scores
-the same tokens.
+<root> is config.data.cache_dir, else $LMJAX_CACHE_DIR, else ~/.cache/lmjax. A corpus is one
+source; config.data.mixture names several, which share one tokenizer.
 
-Batches are pure functions of their arguments, so resuming at step k replays exactly the data of an
-uninterrupted run, and every process of a multi-host run agrees on the global batch.
+Training a tokenizer reads the training documents once, in parallel: char collects their
+characters; sentencepiece and bpe train on at most config.data.tokenizer_train_bytes of them,
+the documents with the smallest sample hash (lmjax/data/sources.py `doc_hash`), i.e. a uniform
+sample over all of them that does not depend on how the work was split (a mixture gives each
+source its weight's share).
+
+`config.data.val_part` is applied here, once, as a view of each source's val split (so it stays
+out of the store's key): every evaluation scores the same tokens.
 """
 
 from __future__ import annotations
@@ -21,29 +24,82 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
+import sys
+import time
 
-import numpy as np
-
-from lmjax.config import DataConfig
-from lmjax.data.corpus import corpus_fingerprint, load_corpus
-from lmjax.data.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_json
+from lmjax.config import TRAINED_TOKENIZERS, DataConfig
+from lmjax.data import sources as src
+from lmjax.data import store as store_lib
+from lmjax.data.store import Job, Split, Store
+from lmjax.data.tokenizers import ByteTokenizer, Tokenizer, build_tokenizer, tokenizer_from_json
 from lmjax.errors import DataError
 from lmjax.process.settings import Settings
 
-FORMAT_VERSION = 1
+TOKENIZER_VERSION = 1
+COMPRESSED_RATIO = 8  # sampling rate margin for compressed inputs, whose text outsizes the file
+
+
+@dataclasses.dataclass
+class Source:
+    name: str  # val_loss/<name> in a mixture
+    weight: float
+    store: Store
+    val: Split  # the store's val split, or the half config.data.val_part picks
+
+    @property
+    def train(self) -> Split:
+        return self.store.train
 
 
 @dataclasses.dataclass
 class Dataset:
-    train: np.ndarray  # 1-D np.memmap of token ids
-    val: np.ndarray
+    sources: list[Source]
     tokenizer: Tokenizer
-    corpus_fingerprint: str
-    train_bytes: int  # UTF-8 bytes of the train text
-    val_bytes: int  # UTF-8 bytes of the val text; of a half (val_part), the bytes its tokens stand for
-    cache_dir: str  # the folder holding this dataset's cache
+    packing: str = "concat"
+
+    @property
+    def mixture(self) -> bool:
+        return len(self.sources) > 1
+
+    def _one(self) -> Source:
+        if self.mixture:
+            raise DataError("this needs one corpus; config.data.mixture names several")
+        return self.sources[0]
+
+    @property
+    def train(self) -> store_lib.Tokens:
+        return self._one().train.tokens
+
+    @property
+    def val(self) -> store_lib.Tokens:
+        return self._one().val.tokens
+
+    @property
+    def val_bytes(self) -> int:
+        return self._one().val.bytes
+
+    @property
+    def train_bytes(self) -> int:
+        return sum(s.train.bytes for s in self.sources)
+
+    @property
+    def train_tokens(self) -> int:
+        return sum(len(s.train.tokens) for s in self.sources)
+
+    @property
+    def val_tokens(self) -> int:
+        return sum(len(s.val.tokens) for s in self.sources)
+
+    @property
+    def corpus_fingerprint(self) -> str:
+        if not self.mixture:
+            return self.sources[0].store.corpus_fingerprint
+        parts = [[s.name, s.weight, s.store.corpus_fingerprint] for s in self.sources]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+    @property
+    def cache_dir(self) -> str:
+        return self.sources[0].store.folder
 
 
 def cache_root(data_cfg: DataConfig) -> str:
@@ -51,143 +107,161 @@ def cache_root(data_cfg: DataConfig) -> str:
     return os.path.expanduser(data_cfg.cache_dir or str(Settings.read().cache_dir))
 
 
-def token_dtype(vocab_size: int) -> np.dtype:
-    """uint16 when the ids fit, else uint32 (config.MAX_VOCAB keeps them within int32)."""
-    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+def default_workers() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def prepare(data_cfg: DataConfig) -> Dataset:
-    """Load (or build and cache) the tokenized train and val splits described by `config.data`."""
-    corpus_name, data_dir, val_fraction = data_cfg.corpus, data_cfg.data_dir, data_cfg.val_fraction
+def mixture_sources(data_cfg: DataConfig) -> list[src.MixtureSource]:
+    if data_cfg.mixture:
+        return src.parse_mixture(data_cfg.mixture)
+    return [src.MixtureSource(data_cfg.corpus, data_cfg.corpus, 1.0)]
+
+
+def read_options(data_cfg: DataConfig) -> src.ReadOptions:
+    return src.ReadOptions(data_cfg.text_key, data_cfg.bad_records, data_cfg.val_fraction)
+
+
+def prepare(data_cfg: DataConfig, *, workers: int = 0, job: Job = Job(), ray_address: str = "",
+            rebuild: bool = False, log=None) -> Dataset:
+    """The dataset config.data describes: its stores built where missing (by `workers` processes,
+    default the cores; the processes of `job` sharing the pieces; or Ray tasks at `ray_address`),
+    then opened. `rebuild` sets the existing tokenizer and stores aside and builds them again."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    workers = workers or default_workers()
+    mix = mixture_sources(data_cfg)
+    opts = read_options(data_cfg)
+    corpora = [src.find_corpus(s.corpus, data_cfg.data_dir) for s in mix]
+    root = cache_root(data_cfg)
+    kw = dict(workers=workers, job=job, ray_address=ray_address)
+    tokenizer = _tokenizer(data_cfg, mix, corpora, opts, root, rebuild, log, **kw)
+    out = []
+    for s, corpus in zip(mix, corpora):
+        folder = os.path.join(root, "stores", store_key(corpus, opts, tokenizer))
+        if rebuild and job.index == 0:
+            store_lib.set_aside(folder)
+        job.barrier("lmjax: store set aside")
+        if not os.path.exists(os.path.join(folder, "manifest.json")):
+            pieces = len(src.plan_pieces(corpus))
+            log(f"lmjax: tokenizing {corpus.name} ({len(corpus.files):,} files, {pieces} pieces) into {folder}"
+                f" with {'Ray at ' + ray_address if ray_address else f'{min(workers, pieces)} worker(s)'}"
+                + (f" in each of {job.count} processes" if job.count > 1 else ""))
+            store_lib.build_store(folder, corpus, opts, tokenizer, **kw)
+        store = store_lib.open_store(folder, corpus)
+        out.append(Source(s.name, s.weight, store, store.val.part(data_cfg.val_part, tokenizer.token_bytes())))
+    return Dataset(out, tokenizer, data_cfg.packing)
+
+
+def corpus_identity(corpus: src.Corpus) -> str:
+    """What names a corpus in store keys: its name, with a path made absolute."""
+    if corpus.name in src.NAMED:
+        return f"{corpus.name}:{os.path.dirname(corpus.files[0].path) if corpus.name == 'tinyshakespeare' else ''}"
+    return os.path.abspath(os.path.expanduser(corpus.name))
+
+
+def store_key(corpus: src.Corpus, opts: src.ReadOptions, tokenizer: Tokenizer) -> str:
+    blob = json.dumps([store_lib.FORMAT_VERSION, corpus_identity(corpus), dataclasses.asdict(opts),
+                       tokenizer.fingerprint])
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+# ---------------------------------------------------------------------------- tokenizers
+
+def _tokenizer(data_cfg, mix, corpora, opts, root, rebuild, log, *, workers, job, ray_address) -> Tokenizer:
     kind = data_cfg.tokenizer
-    is_sp = kind == "sentencepiece"
-    # Settings a tokenizer ignores stay out of the key, so changing them reuses the cache.
-    vocab_size = data_cfg.vocab_size if kind in ("sentencepiece", "hf") else 0
-    sp_model_type = data_cfg.sp_model_type if is_sp else ""
-    built = {"kind": kind, "vocab_size": vocab_size, "sp_model_type": sp_model_type}
-    fingerprint = corpus_fingerprint(corpus_name, data_dir=data_dir, val_fraction=val_fraction)
-    key_parts = [FORMAT_VERSION, fingerprint, kind, vocab_size, sp_model_type]
-    if kind == "hf":  # the file's contents, not its path, key the cache
-        built["tokenizer"] = build_tokenizer(kind, "", vocab_size=vocab_size, path=data_cfg.tokenizer_path)
-        key_parts.append(built["tokenizer"].fingerprint)
-    key_blob = json.dumps(key_parts).encode()
-    key = hashlib.sha256(key_blob).hexdigest()[:20]
-    folder = os.path.join(cache_root(data_cfg), "tokens", key)
-    if not os.path.exists(os.path.join(folder, "meta.json")):
-        _build(folder, corpus_name, data_dir, val_fraction, **built)
-    return _val_part(_load(folder), data_cfg.val_part)
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind == "hf":
+        return build_tokenizer("hf", vocab_size=data_cfg.vocab_size, path=data_cfg.tokenizer_path)
+    settings = {"kind": kind, "vocab_size": data_cfg.vocab_size if kind in TRAINED_TOKENIZERS else 0,
+                "sp_model_type": data_cfg.sp_model_type if kind == "sentencepiece" else "",
+                "train_bytes": data_cfg.tokenizer_train_bytes if kind in TRAINED_TOKENIZERS else 0}
+    blob = json.dumps([TOKENIZER_VERSION, settings, dataclasses.asdict(opts),
+                       [[corpus_identity(c), s.weight] for s, c in zip(mix, corpora)]])
+    folder = os.path.join(root, "tokenizers", hashlib.sha256(blob.encode()).hexdigest()[:20])
+    path = os.path.join(folder, "tokenizer.json")
+    if rebuild and job.index == 0:
+        store_lib.set_aside(folder)
+    if job.index == 0 and not os.path.exists(path):
+        t0 = time.perf_counter()
+        log(f"lmjax: training a {kind} tokenizer on {' + '.join(c.name for c in corpora)}")
+        tok = train_tokenizer(settings, mix, corpora, opts, workers=workers, ray_address=ray_address)
+        os.makedirs(folder, exist_ok=True)
+        store_lib.write_json(path, tok.to_json())
+        log(f"lmjax: {kind} tokenizer of {tok.vocab_size:,} ids trained in {time.perf_counter() - t0:.1f} s")
+    job.barrier("lmjax: tokenizer trained")
+    with open(path) as f:
+        return tokenizer_from_json(json.load(f))
 
 
-def _val_part(data: Dataset, part: str) -> Dataset:
-    """`data` with only the validation tokens config.data.val_part names: all of them, the first
-    half ('tune': for choosing settings) or the rest ('test': for reporting them)."""
-    if part == "all":
-        return data
-    half = len(data.val) // 2
-    val = data.val[:half] if part == "tune" else data.val[half:]
-    return dataclasses.replace(data, val=val, val_bytes=int(data.tokenizer.token_bytes()[val].sum()))
+def train_tokenizer(settings: dict, mix, corpora, opts: src.ReadOptions, *, workers: int,
+                    ray_address: str = "") -> Tokenizer:
+    """The tokenizer `settings` describe, learned from the sources' training documents."""
+    kind = settings["kind"]
+    if kind == "char":
+        work = [(c, p, opts) for c in corpora for p in src.plan_pieces(c)]
+        chars = store_lib.run_pieces(_piece_chars, work, workers=workers, ray_address=ray_address)
+        return build_tokenizer("char", ["".join(sorted(set().union(*chars)))])
+    sample = []
+    for s, corpus in zip(mix, corpora):
+        budget = s.weight * settings["train_bytes"]
+        rate = min(1.0, 2 * budget * (COMPRESSED_RATIO if _compressed(corpus) else 1) /
+                   max(sum(f.size for f in corpus.files), 1))
+        work = [(corpus, p, rate, opts) for p in src.plan_pieces(corpus)]
+        found = [d for part in store_lib.run_pieces(_piece_sample, work, workers=workers,
+                                                    ray_address=ray_address) for d in part]
+        found.sort(key=lambda d: d[0])
+        taken = 0
+        for _, text in found:
+            data = text.encode("utf-8")
+            if taken + len(data) > budget:  # the first lines of the one that does not fit, and stop
+                head = data[:int(budget - taken)].decode("utf-8", "ignore")
+                sample.append(head[:head.rfind("\n") + 1] or head)
+                break
+            sample.append(text)
+            taken += len(data)
+    if not any(sample):
+        raise DataError(f"the tokenizer's sample is empty (config.data.tokenizer_train_bytes="
+                        f"{settings['train_bytes']:,}); raise it")
+    return build_tokenizer(kind, sample, vocab_size=settings["vocab_size"], sp_model_type=settings["sp_model_type"])
 
 
-def _build(folder, corpus_name, data_dir, val_fraction, kind, vocab_size, sp_model_type,
-           tokenizer: Tokenizer | None = None) -> None:
-    corpus = load_corpus(corpus_name, data_dir=data_dir, val_fraction=val_fraction)
-    tokenizer = tokenizer or build_tokenizer(kind, corpus.train, vocab_size=vocab_size,
-                                             sp_model_type=sp_model_type)
-    dtype = token_dtype(tokenizer.vocab_size)
-    parent = os.path.dirname(folder)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.tmp-", dir=parent)
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the published cache should be readable
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "corpus": corpus.name,
-            "corpus_fingerprint": corpus.fingerprint,
-            "num_files": corpus.num_files,
-            "tokenizer": kind,
-            "tokenizer_fingerprint": tokenizer.fingerprint,
-            "vocab_size": tokenizer.vocab_size,
-            "dtype": dtype.name,
-        }
-        for split, text in (("train", corpus.train), ("val", corpus.val)):
-            ids = tokenizer.encode(text)
-            if ids.size and (ids.min() < 0 or ids.max() >= tokenizer.vocab_size):
-                raise DataError(
-                    f"tokenizer {kind!r} produced ids outside [0, {tokenizer.vocab_size}) for the {split} split; "
-                    "this is a bug in lmjax, please report it"
-                )
-            ids.astype(dtype.newbyteorder("<")).tofile(os.path.join(tmp, f"{split}.bin"))
-            meta[f"{split}_tokens"] = int(ids.size)
-            meta[f"{split}_bytes"] = len(text.encode("utf-8"))
-        with open(os.path.join(tmp, "tokenizer.json"), "w") as f:
-            json.dump(tokenizer.to_json(), f)
-        with open(os.path.join(tmp, "meta.json"), "w") as f:  # written last: its presence marks completeness
-            json.dump(meta, f, indent=1)
-        _publish(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def _compressed(corpus: src.Corpus) -> bool:
+    return any(f.rel.endswith((".gz", ".zst", ".parquet", ".arrow")) for f in corpus.files)
 
 
-def _publish(tmp: str, folder: str) -> None:
-    """Atomically rename `tmp` to `folder`; if another process got there first, keep the winner's."""
-    try:
-        os.rename(tmp, folder)
-    except OSError:
-        if not os.path.exists(os.path.join(folder, "meta.json")):
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
+def _piece_chars(work) -> set:
+    corpus, piece, opts = work
+    return set().union(*(set(text) for _, text, val in src.documents(corpus, piece, opts) if not val))
 
 
-def _load(folder: str) -> Dataset:
-    with open(os.path.join(folder, "meta.json")) as f:
-        meta = json.load(f)
-    with open(os.path.join(folder, "tokenizer.json")) as f:
-        tokenizer = tokenizer_from_json(json.load(f))
-    dtype = np.dtype(meta["dtype"]).newbyteorder("<")
-    splits = {}
-    for split in ("train", "val"):
-        path = os.path.join(folder, f"{split}.bin")
-        if os.path.getsize(path) != meta[f"{split}_tokens"] * dtype.itemsize:
-            raise DataError(f"token cache file {path} has the wrong size; delete the folder {folder} to rebuild it")
-        splits[split] = np.memmap(path, dtype=dtype, mode="r")
-    return Dataset(
-        train=splits["train"],
-        val=splits["val"],
-        tokenizer=tokenizer,
-        corpus_fingerprint=meta["corpus_fingerprint"],
-        train_bytes=meta["train_bytes"],
-        val_bytes=meta["val_bytes"],
-        cache_dir=folder,
-    )
+def _piece_sample(work) -> list[tuple[float, str]]:
+    corpus, piece, rate, opts = work
+    out = []
+    for key, text, val in src.documents(corpus, piece, opts):
+        u = src.doc_hash(key)[1]
+        if not val and u < rate:
+            out.append((u, text))
+    return out
 
 
-def local_rows(batch_size: int, process_index: int, process_count: int) -> slice:
-    if process_count <= 0 or batch_size % process_count:
-        raise DataError(
-            f"batch_size {batch_size} is not divisible by the {process_count} processes; "
-            "make config.train.batch_size a multiple of the process count"
-        )
-    if not 0 <= process_index < process_count:
-        raise DataError(f"process_index {process_index} is outside [0, {process_count})")
-    rows = batch_size // process_count
-    return slice(process_index * rows, (process_index + 1) * rows)
-
-
-def train_batch(
-    tokens: np.ndarray, *, seed: int, step: int, batch_size: int, seq_len: int,
-    process_index: int = 0, process_count: int = 1,
-) -> np.ndarray:
-    """This process's rows of the global batch for `step`: int32 [batch_size // process_count, seq_len + 1].
-
-    Inputs are `[:, :-1]` and targets `[:, 1:]`. The global batch's window starts come from
-    `default_rng([seed, step])`, so the batch depends on nothing but the arguments.
-    """
-    rows = local_rows(batch_size, process_index, process_count)
-    if len(tokens) < seq_len + 1:
-        raise DataError(
-            f"the train split has {len(tokens)} tokens, fewer than seq_len+1={seq_len + 1}; "
-            "lower config.train.seq_len or use a bigger corpus"
-        )
-    starts = np.random.default_rng([seed, step]).integers(0, len(tokens) - seq_len, size=batch_size)
-    positions = starts[rows, None] + np.arange(seq_len + 1)
-    return np.asarray(tokens[positions], dtype=np.int32)  # reads only this process's windows
+def summary(data: Dataset, seconds: float) -> dict:
+    """`lmjax prepare`'s final line: each store, its tokens, documents and bytes per split, and
+    the build's time and speed (`built`: seconds spent building in this call; 0 when the stores existed)."""
+    stores = []
+    for s in data.sources:
+        m = s.store.manifest
+        stores.append({"name": s.name, "store": s.store.folder, "corpus": m["corpus"], "weight": s.weight,
+                       **{f"{split}_{k}": m[split][k] for split in ("train", "val")
+                          for k in ("tokens", "documents", "bytes")},
+                       "bad_records": m["bad_records"], "empty_documents": m["empty_documents"],
+                       "build_seconds": m["build_seconds"], "workers": m["workers"]})
+    tokens = sum(s["train_tokens"] + s["val_tokens"] for s in stores)
+    out = {"store": stores[0]["store"] if len(stores) == 1 else [s["store"] for s in stores],
+           "tokenizer": data.tokenizer.kind, "vocab_size": data.tokenizer.vocab_size,
+           "train_tokens": data.train_tokens, "val_tokens": data.val_tokens,
+           "train_documents": sum(s["train_documents"] for s in stores),
+           "val_documents": sum(s["val_documents"] for s in stores),
+           "bytes": sum(s["train_bytes"] + s["val_bytes"] for s in stores),
+           "seconds": seconds, "tokens_per_s": tokens / seconds if seconds > 0 else None}
+    return out | ({"sources": stores} if len(stores) > 1 else {})

@@ -1,8 +1,16 @@
-"""Tokenizers: byte, char and sentencepiece (BPE or unigram), all lossless and JSON-serialisable,
-and 'hf', a Hugging Face tokenizer.json (what `lmjax import` brings in with a public checkpoint).
+"""Tokenizers: byte, char, sentencepiece (BPE or unigram) and bpe (byte-level BPE trained by
+Hugging Face `tokenizers`), all lossless and JSON-serialisable, and 'hf', a Hugging Face
+tokenizer.json (what `lmjax import` brings in with a public checkpoint).
+
+Every tokenizer has an end-of-document id, `eod_id`, which a token store appends after each
+document; no text encodes to it (it is a control id, not a string), and it decodes to nothing.
+Byte: 256 (vocabulary 257); char: after <unk>; sentencepiece: its </s> control piece; bpe: the
+id after the learned vocabulary; hf: the tokenizer's own end-of-text token when it has one of
+EOD_NAMES, else one id past its vocabulary. Tokenizers restored from JSON written before
+end-of-document ids existed keep their vocabulary and have eod_id None.
 
 `to_json()` is self-contained (the sentencepiece model travels as base64), so a checkpoint or token
-cache that stores it can rebuild the exact tokenizer with `tokenizer_from_json`.
+store that holds it can rebuild the exact tokenizer with `tokenizer_from_json`.
 """
 
 from __future__ import annotations
@@ -17,8 +25,8 @@ import sentencepiece as spm
 
 from lmjax.errors import DataError
 
-MAX_TRAIN_LINES = 200_000  # sentencepiece trains on at most this many lines of the train text
 UNK_CHAR = "\ufffd"  # what the char tokenizer's <unk> id decodes to
+EOD_NAMES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>")  # hf: end-of-text tokens, in preference
 
 
 class Tokenizer:
@@ -27,9 +35,21 @@ class Tokenizer:
 
     kind: str
     vocab_size: int
+    eod_id: int | None = None
 
     def encode(self, text: str) -> np.ndarray:
         raise NotImplementedError
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return [self.encode(t) for t in texts]
+
+    def encode_documents(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids of the documents end to end, each followed by eod_id; int64 lengths, eod included)."""
+        parts = self.encode_batch(texts)
+        eod = np.array([self.eod_id], np.int32)
+        lengths = np.fromiter((p.size + 1 for p in parts), np.int64, len(parts))
+        ids = np.concatenate([x for p in parts for x in (p, eod)]) if parts else np.zeros(0, np.int32)
+        return ids.astype(np.int32, copy=False), lengths
 
     def decode(self, ids) -> str:
         raise NotImplementedError
@@ -59,41 +79,48 @@ class Tokenizer:
 
 
 class ByteTokenizer(Tokenizer):
-    """UTF-8 bytes; vocabulary 256."""
+    """UTF-8 bytes, then the end-of-document id 256; vocabulary 257 (256 without it: eod=False)."""
 
     kind = "byte"
-    vocab_size = 256
+
+    def __init__(self, eod: bool = True):
+        self.eod_id = 256 if eod else None
+        self.vocab_size = 257 if eod else 256
 
     def encode(self, text: str) -> np.ndarray:
         return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
 
     def decode(self, ids) -> str:
         # errors='replace': sampled ids may end inside a multi-byte character.
-        return np.asarray(ids, dtype=np.uint8).tobytes().decode("utf-8", errors="replace")
+        ids = np.asarray(ids).reshape(-1)
+        return ids[ids < 256].astype(np.uint8).tobytes().decode("utf-8", errors="replace")
 
     def to_json(self) -> dict:
-        return {"kind": "byte"}
+        return {"kind": "byte", "eod_id": self.eod_id} if self.eod_id is not None else {"kind": "byte"}
 
     def _token_bytes_list(self) -> list[int]:
-        return [1] * 256
+        return [1] * 256 + [0] * (self.vocab_size - 256)
 
 
 class CharTokenizer(Tokenizer):
-    """One id per character of the training text (sorted by code point), plus <unk> as the last id."""
+    """One id per character of the training documents (sorted by code point), then <unk>, then the
+    end-of-document id."""
 
     kind = "char"
 
-    def __init__(self, chars: str):
+    def __init__(self, chars: str, eod: bool = True):
         self.chars = "".join(sorted(set(chars)))
         self.codepoints = np.array([ord(c) for c in self.chars], dtype=np.uint32)
         self.unk_id = len(self.chars)
-        self.vocab_size = len(self.chars) + 1
+        self.eod_id = len(self.chars) + 1 if eod else None
+        self.vocab_size = len(self.chars) + 1 + eod
 
     @classmethod
-    def train(cls, text: str) -> CharTokenizer:
-        if not text:
+    def train(cls, texts) -> CharTokenizer:
+        chars = set().union(*map(set, [texts] if isinstance(texts, str) else texts))
+        if not chars:
             raise DataError("the char tokenizer needs a non-empty train text; use a bigger corpus")
-        return cls("".join(set(text)))
+        return cls("".join(chars))
 
     def encode(self, text: str) -> np.ndarray:
         codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
@@ -104,14 +131,15 @@ class CharTokenizer(Tokenizer):
 
     def decode(self, ids) -> str:
         table = np.append(self.codepoints, np.uint32(ord(UNK_CHAR)))
-        return table[np.asarray(ids, dtype=np.int64)].tobytes().decode("utf-32-le")
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        return table[ids[ids <= self.unk_id]].tobytes().decode("utf-32-le")
 
     def to_json(self) -> dict:
-        return {"kind": "char", "chars": self.chars}
+        return {"kind": "char", "chars": self.chars, **({"eod_id": self.eod_id} if self.eod_id is not None else {})}
 
     def _token_bytes_list(self) -> list[int]:
         # <unk> stands for a character the train split lacks: counted as one byte (its own is unknown).
-        return [len(c.encode("utf-8")) for c in self.chars] + [1]
+        return [len(c.encode("utf-8")) for c in self.chars] + [1] + [0] * (self.eod_id is not None)
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -129,18 +157,28 @@ class SentencePieceTokenizer(Tokenizer):
         self.model_type = model_type
         self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self.vocab_size = self.sp.get_piece_size()
+        self.eod_id = self.sp.eos_id() if self.sp.eos_id() >= 0 else None  # </s>: a control piece
         # sentencepiece decodes a literal U+2581 ("▁") as a space, so encode it as its UTF-8 bytes.
         self.meta_space_ids = [self.sp.piece_to_id(f"<0x{b:02X}>") for b in "\u2581".encode()]
 
     def encode(self, text: str) -> np.ndarray:
-        segments: list[str | None] = []  # None stands for a literal "▁"
-        for i, part in enumerate(text.split("\u2581")):
-            if i:
-                segments.append(None)
-            segments += _chunks(part, self.CHUNK_CHARS)
-        encoded = iter(self.sp.encode([s for s in segments if s is not None], return_type="numpy"))
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """One sentencepiece call for all the texts' segments (its batch encode)."""
+        plans, flat = [], []
+        for text in texts:
+            segments: list[str | None] = []  # None stands for a literal "▁"
+            for i, part in enumerate(text.split("\u2581")):
+                if i:
+                    segments.append(None)
+                segments += _chunks(part, self.CHUNK_CHARS)
+            plans.append(segments)
+            flat += [s for s in segments if s is not None]
+        encoded = iter(self.sp.encode(flat, return_type="numpy"))
         meta_space = np.array(self.meta_space_ids, dtype=np.int32)
-        return np.concatenate([meta_space if s is None else next(encoded) for s in segments]).astype(np.int32)
+        return [np.concatenate([meta_space if s is None else next(encoded) for s in segments]).astype(np.int32)
+                for segments in plans]
 
     def decode(self, ids) -> str:
         return self.sp.decode(np.asarray(ids).reshape(-1).tolist())
@@ -159,15 +197,11 @@ class SentencePieceTokenizer(Tokenizer):
         }
 
     @classmethod
-    def train(cls, text: str, *, vocab_size: int, model_type: str, seed: int,
-              max_lines: int = MAX_TRAIN_LINES) -> SentencePieceTokenizer:
-        """vocab_size and model_type as config.data checks them (> 0; 'bpe' or 'unigram')."""
-        # Train on a seeded sample of lines, so the 31 MB stdlib takes seconds. We sample here because
-        # sentencepiece's own shuffle_input_sentence differs between processes even with a fixed seed.
-        lines = [line for line in text.split("\n") if line]
-        if len(lines) > max_lines:
-            keep = np.sort(np.random.default_rng(seed).choice(len(lines), max_lines, replace=False))
-            lines = [lines[i] for i in keep]
+    def train(cls, texts, *, vocab_size: int, model_type: str, seed: int = 0) -> SentencePieceTokenizer:
+        """On the lines of `texts` (a text or a list of documents: the store's sample); vocab_size
+        and model_type as config.data checks them (> 0; 'bpe' or 'unigram')."""
+        lines = [line for text in ([texts] if isinstance(texts, str) else texts)
+                 for line in text.split("\n") if line]
         spm.set_random_generator_seed(seed)
         model = io.BytesIO()
         try:
@@ -183,7 +217,7 @@ class SentencePieceTokenizer(Tokenizer):
                 byte_fallback=True,
                 split_digits=True,
                 allow_whitespace_only_pieces=True,
-                unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
+                unk_id=0, bos_id=-1, eos_id=1, pad_id=-1,  # eos: the end-of-document id
                 input_sentence_size=0,  # all of `lines`
                 shuffle_input_sentence=False,
                 max_sentence_length=1 << 16,
@@ -192,18 +226,20 @@ class SentencePieceTokenizer(Tokenizer):
                 minloglevel=3,
             )
         except RuntimeError as e:
-            says = str(e).split("] ")[-1].strip().splitlines()[0]
-            if "too high" in says:
-                fix = f"vocab_size {vocab_size} is too large for this corpus"
-                action = "lower config.data.vocab_size"
-            elif "smaller than required" in says:
-                fix = f"vocab_size {vocab_size} is too small for this corpus"
-                action = "raise config.data.vocab_size"
-            else:
-                fix = f"sentencepiece could not train a {model_type} vocabulary of {vocab_size}"
-                action = "change config.data.vocab_size or the corpus"
-            raise DataError(f"{fix} (sentencepiece says: {says}); {action}") from None
+            raise _sp_error(e, vocab_size, model_type) from None
         return cls(model.getvalue(), model_type)
+
+
+def _sp_error(e: RuntimeError, vocab_size: int, model_type: str) -> DataError:
+    says = str(e).split("] ")[-1].strip().splitlines()[0]
+    if "too high" in says:
+        fix, action = f"vocab_size {vocab_size} is too large for this corpus", "lower config.data.vocab_size"
+    elif "smaller than required" in says:
+        fix, action = f"vocab_size {vocab_size} is too small for this corpus", "raise config.data.vocab_size"
+    else:
+        fix = f"sentencepiece could not train a {model_type} vocabulary of {vocab_size}"
+        action = "change config.data.vocab_size or the corpus"
+    return DataError(f"{fix} (sentencepiece says: {says}); {action}")
 
 
 class HfTokenizer(Tokenizer):
@@ -221,7 +257,10 @@ class HfTokenizer(Tokenizer):
                             "pip install 'lmjax[hf]'") from None
         self.tokenizer_json = tokenizer_json
         self.tok = tokenizers.Tokenizer.from_str(tokenizer_json)
-        self.vocab_size = max(vocab_size, self.tok.get_vocab_size(with_added_tokens=True))
+        own = self.tok.get_vocab_size(with_added_tokens=True)
+        named = [self.tok.token_to_id(n) for n in EOD_NAMES if self.tok.token_to_id(n) is not None]
+        self.eod_id = named[0] if named else own  # else one id past the tokenizer's own
+        self.vocab_size = max(vocab_size, own, self.eod_id + 1)
 
     @classmethod
     def from_file(cls, path: str, vocab_size: int = 0) -> HfTokenizer:
@@ -238,8 +277,12 @@ class HfTokenizer(Tokenizer):
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self.tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
 
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return [np.asarray(e.ids, dtype=np.int32) for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
     def decode(self, ids) -> str:
-        return self.tok.decode(np.asarray(ids).reshape(-1).tolist(), skip_special_tokens=False)
+        ids = [i for i in np.asarray(ids).reshape(-1).tolist() if i != self.eod_id]
+        return self.tok.decode(ids, skip_special_tokens=False)
 
     def to_json(self) -> dict:
         return {"kind": "hf", "vocab_size": self.vocab_size, "tokenizer_json": self.tokenizer_json}
@@ -263,6 +306,42 @@ class HfTokenizer(Tokenizer):
         return out
 
 
+class BpeTokenizer(HfTokenizer):
+    """Byte-level BPE (GPT-2's byte alphabet, no prefix space, no normaliser: lossless on any
+    UTF-8), trained by `tokenizers`' own BpeTrainer. The end-of-document id is one past the learned
+    vocabulary and has no string, so no text encodes to it."""
+
+    kind = "bpe"
+
+    def __init__(self, tokenizer_json: str):
+        super().__init__(tokenizer_json)
+        self.eod_id = self.tok.get_vocab_size(with_added_tokens=True)
+        self.vocab_size = self.eod_id + 1
+
+    @classmethod
+    def train(cls, texts, *, vocab_size: int) -> BpeTokenizer:
+        from tokenizers import Tokenizer as HfTok, decoders, models, pre_tokenizers, trainers
+
+        tok = HfTok(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        if vocab_size - 1 < len(alphabet):
+            raise DataError(f"vocab_size {vocab_size} is too small for byte-level BPE (its {len(alphabet)} "
+                            f"byte symbols plus the end-of-document id); raise config.data.vocab_size to at "
+                            f"least {len(alphabet) + 1}")
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, initial_alphabet=alphabet, special_tokens=[],
+                                      show_progress=False)
+        tok.train_from_iterator([texts] if isinstance(texts, str) else texts, trainer)
+        return cls(tok.to_str())
+
+    def to_json(self) -> dict:
+        return {"kind": "bpe", "tokenizer_json": self.tokenizer_json}
+
+    def _token_bytes_list(self) -> list[int]:
+        return [len(self.tok.id_to_token(i)) for i in range(self.eod_id)] + [0]
+
+
 def _chunks(text: str, size: int) -> list[str]:
     """Cut `text` just after a newline roughly every `size` characters (a hard cut if a line is longer).
     No piece contains a newline, so the chunks encode to the ids of the whole text (for unigram, up to
@@ -277,21 +356,21 @@ def _chunks(text: str, size: int) -> list[str]:
     return chunks
 
 
-def build_tokenizer(
-    kind: str, train_text: str, *, vocab_size: int = 0, sp_model_type: str = "bpe", seed: int = 0,
-    max_lines: int = MAX_TRAIN_LINES, path: str = "",
-) -> Tokenizer:
-    """Build a tokenizer of `kind` (one of config.TOKENIZERS) from the training text (byte ignores
-    the text); sentencepiece trains on at most `max_lines` lines of it; hf reads `path`."""
+def build_tokenizer(kind: str, train_texts="", *, vocab_size: int = 0, sp_model_type: str = "bpe",
+                    seed: int = 0, path: str = "") -> Tokenizer:
+    """A tokenizer of `kind` (one of config.TOKENIZERS): byte ignores the text; char learns the
+    characters of `train_texts` (a text or a list of documents); sentencepiece and bpe train on
+    them (a token store passes its bounded sample); hf reads `path`."""
     if kind == "hf":
         return HfTokenizer.from_file(path, vocab_size)
     if kind == "byte":
         return ByteTokenizer()
     if kind == "char":
-        return CharTokenizer.train(train_text)
+        return CharTokenizer.train(train_texts)
     if kind == "sentencepiece":
-        return SentencePieceTokenizer.train(train_text, vocab_size=vocab_size, model_type=sp_model_type,
-                                            seed=seed, max_lines=max_lines)
+        return SentencePieceTokenizer.train(train_texts, vocab_size=vocab_size, model_type=sp_model_type, seed=seed)
+    if kind == "bpe":
+        return BpeTokenizer.train(train_texts, vocab_size=vocab_size)
     raise ValueError(f"unknown tokenizer {kind!r} (config.data.tokenizer is checked against TOKENIZERS)")
 
 
@@ -299,11 +378,13 @@ def tokenizer_from_json(d: dict) -> Tokenizer:
     """Rebuild a tokenizer from `Tokenizer.to_json()`."""
     kind = d.get("kind")
     if kind == "byte":
-        return ByteTokenizer()
+        return ByteTokenizer(eod="eod_id" in d)
     if kind == "char":
-        return CharTokenizer(d["chars"])
+        return CharTokenizer(d["chars"], eod="eod_id" in d)
     if kind == "sentencepiece":
         return SentencePieceTokenizer(base64.b64decode(d["model_proto"]), d["model_type"])
+    if kind == "bpe":
+        return BpeTokenizer(d["tokenizer_json"])
     if kind == "hf":
         return HfTokenizer(d["tokenizer_json"], d["vocab_size"])
     raise DataError(f"unknown tokenizer kind {kind!r} in saved tokenizer JSON; it was written by another lmjax version")

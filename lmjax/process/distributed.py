@@ -72,3 +72,22 @@ def job_info(kwargs: dict | None = None) -> dict:
             "local_devices": jax.local_device_count(), "global_devices": jax.device_count(),
             "coordinator": (kwargs or {}).get("coordinator_address")
             or os.environ.get("JAX_COORDINATOR_ADDRESS")}
+
+
+def store_job():
+    """The processes of this JAX job as a token store's builders (lmjax.data.Job): barriers and
+    gathers through JAX's distributed runtime; one process: the trivial job."""
+    import jax
+
+    from lmjax.data.store import Job
+
+    if jax.process_count() == 1:
+        return Job()
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return Job(index=jax.process_index(), count=jax.process_count(),
+               barrier=multihost_utils.sync_global_devices,
+               all_ok=lambda ok: [bool(x) for x in np.ravel(multihost_utils.process_allgather(np.int32(ok)))],
+               token=lambda: int(multihost_utils.broadcast_one_to_all(
+                   np.int32(int.from_bytes(os.urandom(3), "little")))))

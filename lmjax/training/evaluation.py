@@ -227,3 +227,47 @@ def evaluate_ngram(model, tokens: np.ndarray, *, seq_len: int, max_windows: int,
     sums = Sums(loss_mL.sum(axis=1), real.sum(axis=1), np.zeros(len(win.index)),
                 int((token_bytes[ids] * real).sum()), loss_mL.sum(axis=0), real.sum(axis=0))
     return summary(sums, family="ngram", overlap=0)
+
+
+def evaluate_data(setup, params, data, *, max_windows: int, seq_len: int, batch_size: int) -> dict:
+    """The validation figures of `data` (a Dataset): its one source's, or for a mixture each
+    source's under `<name>/<source>` (loss/web, bits_per_byte/web, ...) and, under the plain names,
+    all sources' windows pooled (the loss over all their targets, the bytes summed, standard errors
+    of independent sources combined). Documents packing scores within documents."""
+    token_bytes = data.tokenizer.token_bytes()
+    kw = dict(seq_len=seq_len, max_windows=max_windows, token_bytes=token_bytes)
+    per_source = {}
+    for source in data.sources:
+        doc_kw = {"doc_ends": source.val.doc_ends} if data.packing == "documents" else {}
+        if setup is None:  # an n-gram model
+            per_source[source.name] = evaluate_ngram(params, source.val.tokens, **kw)
+        else:
+            per_source[source.name] = evaluate(setup, params, source.val.tokens, batch_size=batch_size, **kw,
+                                               **doc_kw)
+    if not data.mixture:
+        return next(iter(per_source.values()))
+    return pooled(per_source)
+
+
+def pooled(per_source: dict[str, dict]) -> dict:
+    """One evaluation's figures per source, and pooled over the sources (see evaluate_data)."""
+    out = {f"{k}/{name}": v for name, ev in per_source.items() for k, v in ev.items()
+           if k != "loss_by_position" and not k.endswith("_replicas")}
+    evs = list(per_source.values())
+    if "masked_loss" in evs[0]:
+        tokens = np.array([e["masked_tokens"] for e in evs], np.float64)
+        loss = float(np.dot([e["masked_loss"] for e in evs], tokens) / tokens.sum())
+        se = float(np.sqrt(np.sum((np.array([e["masked_loss_se"] for e in evs]) * tokens) ** 2)) / tokens.sum())
+        acc = float(np.dot([e["masked_accuracy"] for e in evs], tokens) / tokens.sum())
+        return {"masked_loss": loss, "masked_loss_se": se, "masked_accuracy": acc,
+                "masked_tokens": int(tokens.sum()), **out, "loss_by_position": evs[0]["loss_by_position"]}
+    tokens = np.array([e["tokens"] for e in evs], np.float64)
+    total = float(np.dot([e["loss"] for e in evs], tokens))
+    nbytes = int(sum(e["bytes"] for e in evs))
+    loss = total / tokens.sum()
+    se = float(np.sqrt(np.sum((np.array([e["loss_se"] for e in evs]) * tokens) ** 2)) / tokens.sum())
+    by_position = [None if any(e["loss_by_position"][i] is None for e in evs) else
+                   float(np.mean([e["loss_by_position"][i] for e in evs])) for i in range(len(evs[0]["loss_by_position"]))]
+    return {"loss": loss, "loss_se": se, "perplexity": math.exp(min(loss, 700.0)),
+            "bits_per_byte": total / max(nbytes, 1) / math.log(2), "tokens": int(tokens.sum()), "bytes": nbytes,
+            **out, "loss_by_position": by_position}

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from lmjax import config as config_lib
 from lmjax.checkpointing import Checkpointer
-from lmjax.data import Dataset, prepare, train_batch
+from lmjax.data import Dataset, batches, prepare
 from lmjax.errors import CheckpointError, ConfigError, LmjaxError
 from lmjax.models import flops_per_token, param_count
 from lmjax.models.attention import kernel_for
@@ -32,10 +32,10 @@ from lmjax.workdir import Workdir
 def step_batch(data: Dataset, tc, step: int) -> np.ndarray:
     """This process's rows of step `step`'s batch [B, L+1]; with replicas, replica k's own rows
     (those of seed + k, as its separate run would draw them) stacked into [K, B, L+1]."""
-    rows = [train_batch(data.train, seed=tc.seed + k, step=step, batch_size=tc.batch_size,
-                        seq_len=tc.seq_len, process_index=jax.process_index(),
-                        process_count=jax.process_count()) for k in range(tc.replicas)]
-    return rows[0] if tc.replicas == 1 else np.stack(rows)
+    rows = [batches.batch(data, seed=tc.seed + k, step=step, batch_size=tc.batch_size, seq_len=tc.seq_len,
+                          process_index=jax.process_index(), process_count=jax.process_count())
+            for k in range(tc.replicas)]
+    return rows[0] if tc.replicas == 1 else jax.tree.map(lambda *r: np.stack(r), *rows)
 
 
 class NonFiniteError(LmjaxError):
@@ -79,16 +79,12 @@ class Preemption:
         return self.requested
 
 
-def prepare_once(data_cfg) -> Dataset:
-    """`prepare`, with the token cache built by process 0 alone in a multi-process job (the others
-    wait at a barrier, then read it), not by every process at once into the same folder."""
-    if jax.process_count() == 1:
-        return prepare(data_cfg)
-    from jax.experimental import multihost_utils
+def prepare_job(data_cfg) -> Dataset:
+    """`prepare`, with a missing token store built by every process of the job, each its share
+    of the pieces (lmjax/data/store.py)."""
+    from lmjax.process.distributed import store_job
 
-    data = prepare(data_cfg) if jax.process_index() == 0 else None
-    multihost_utils.sync_global_devices("lmjax: token cache built")
-    return data or prepare(data_cfg)
+    return prepare(data_cfg, job=store_job())
 
 
 def check_shared_workdir(wd: Workdir) -> None:
@@ -130,8 +126,8 @@ def run_info(config, data: Dataset, setup: Setup) -> dict:
         "flops_per_token": flops_per_token(model, config.train.seq_len),
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
         "mesh": dict(mesh.shape),
-        "train_tokens": len(data.train),
-        "val_tokens": len(data.val),
+        "train_tokens": data.train_tokens,
+        "val_tokens": data.val_tokens,
         "attention_impl": kernel_for(model, mesh.devices.flat[0]),
         **job_info(),
         **provenance(jax.devices()),
@@ -156,7 +152,7 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
     workdir = Path(workdir)
     main = jax.process_index() == 0
 
-    data = prepare_once(config.data)
+    data = prepare_job(config.data)
     mesh = sharding.make_mesh(config.mesh, devices)
     sharding.check_batch(tc.batch_size, tc.grad_accum, mesh, jax.process_count(), tc.replicas)
     setup = make_setup(config, vocab_size=data.tokenizer.vocab_size, mesh=mesh)
@@ -180,7 +176,7 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
         wd.write_run_info(info)
         print_fn(
             f"lmjax: {info['params'] / 1e6:.2f}M params, {config.data.corpus} "
-            f"({len(data.train):,} train tokens, {data.tokenizer.kind} vocab {data.tokenizer.vocab_size}), "
+            f"({data.train_tokens:,} train tokens, {data.tokenizer.kind} vocab {data.tokenizer.vocab_size}), "
             f"mesh {info['mesh']} on {info['devices']}, "
             + (f"{info['processes']} processes x {info['local_devices']} devices (coordinator "
                f"{info['coordinator']}), " if info["processes"] > 1 else "")
@@ -190,7 +186,7 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
     writer = MetricsWriter(wd, enabled=main)
     tokens_per_step = tc.batch_size * tc.seq_len
     eval_kw = dict(batch_size=evaluation.batch_rows(tc.batch_size, tc.seq_len, setup.model_cfg.vocab_size, tc.replicas),
-                   seq_len=tc.seq_len, token_bytes=data.tokenizer.token_bytes())
+                   seq_len=tc.seq_len)
     bar = tqdm(total=tc.steps, initial=start, disable=not (progress and main), unit="step",
                dynamic_ncols=True)
     tok_json = data.tokenizer.to_json()
@@ -275,7 +271,7 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
                 if done % tc.eval_every == 0 or done == tc.steps:
                     # The final evaluation scores the whole split; periodic ones a spread-out budget.
                     budget = 0 if done == tc.steps else tc.eval_batches * tc.batch_size
-                    ev = evaluation.evaluate(setup, state.params, data.val, max_windows=budget, **eval_kw)
+                    ev = evaluation.evaluate_data(setup, state.params, data, max_windows=budget, **eval_kw)
                     by_position = ev.pop("loss_by_position")
                     if main:
                         wd.append_position_losses(done, by_position)

@@ -19,7 +19,7 @@ from lmjax.data import Dataset, prepare
 from lmjax.errors import ConfigError
 from lmjax.models.ngram import NgramModel, count, key_space_error
 from lmjax.process.provenance import provenance
-from lmjax.training.evaluation import evaluate_ngram
+from lmjax.training.evaluation import evaluate_data
 from lmjax.training.resume import check_tokenizer, check_workdir
 from lmjax.training.metrics import MetricsWriter
 from lmjax.workdir import Workdir
@@ -53,8 +53,7 @@ def train_ngram(config, workdir: str | os.PathLike, *, force: bool = False, prin
     print_fn(f"lmjax: {order}-gram model, {model.num_ngrams:,} n-grams from {len(data.train):,} train "
              f"tokens of {config.data.corpus} ({data.tokenizer.kind} vocab {data.tokenizer.vocab_size})"
              + ("" if counted else ", loaded from its checkpoint"))
-    ev = evaluate_ngram(model, data.val, seq_len=tc.seq_len, max_windows=0,  # its one evaluation: the whole split
-                        token_bytes=data.tokenizer.token_bytes())
+    ev = evaluate_data(None, model, data, seq_len=tc.seq_len, max_windows=0, batch_size=0)  # the whole split
     wd.append_position_losses(STEP, ev.pop("loss_by_position"))
     val = {f"val_{k}": v for k, v in ev.items()}
     writer = MetricsWriter(wd)
