@@ -185,7 +185,8 @@ class Run:
             return {**evaluate_classifier(model, self.params, task.val), "labels": list(self.labels)}
 
         data_cfg = self.config.data
-        data = prepare(data_cfg if val_part is None else dataclasses.replace(data_cfg, val_part=val_part))
+        data = prepare(data_cfg if val_part is None else dataclasses.replace(data_cfg, val_part=val_part),
+                       tokenizer=self.tokenizer)  # the run's own: the one its model was trained with
         tc = self.config.train
         kw = dict(seq_len=tc.seq_len, max_windows=batches * tc.batch_size)
         if self.config.model.family == "ngram":

@@ -121,7 +121,8 @@ def test_every_route_gives_the_same_validation_loss(tmp_path):
     four = jax.devices()[:4]
     final = train(cfg, workdir, progress=False, devices=four, print_fn=lambda *a: None)
     data = prepare(lmjax.config.resolve(cfg).data)
-    assert final["val_tokens"] == len(data.val) - 1 == final["val_bytes"]  # every target of the split
+    # every target of the split; the last is the document's end-of-document id, which stands for no byte
+    assert final["val_tokens"] == len(data.val) - 1 == final["val_bytes"] + 1
     cli = subprocess.run([sys.executable, "-m", "lmjax", "eval", "--workdir", str(workdir)],
                          capture_output=True, text=True, check=True)
     from_cli = json.loads(cli.stdout.strip().splitlines()[-1])
@@ -134,7 +135,8 @@ def test_every_route_gives_the_same_validation_loss(tmp_path):
         ev = evaluation.evaluate(one, run.params, data.val, seq_len=32, batch_size=b, max_windows=0,
                                  token_bytes=data.tokenizer.token_bytes())
         losses[f"batch {b}"] = ev["loss"]
-        assert ev["tokens"] == final["val_tokens"] and ev["loss_se"] == pytest.approx(final["val_loss_se"])
+        # the standard error sums per-window float32 losses, reduced in another order on 4 devices
+        assert ev["tokens"] == final["val_tokens"] and ev["loss_se"] == pytest.approx(final["val_loss_se"], rel=1e-5)
     assert max(losses.values()) - min(losses.values()) < 1e-6, losses
     assert from_cli["bits_per_byte"] == pytest.approx(final["val_bits_per_byte"], abs=1e-6)
     # a budget is spread over the split too, and the same through both routes

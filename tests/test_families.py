@@ -64,7 +64,7 @@ def test_family_trains_sharded_like_one_device_and_resumes_exactly(family, tmp_p
     final = train(c, one, progress=False, devices=jax.devices()[:1])
     assert losses(one)[-1] < losses(one)[0]  # it learns
     info = json.loads((one / "run.json").read_text())
-    cfg = config_lib.resolve(c).model.replace(vocab_size=256)
+    cfg = config_lib.resolve(c).model.replace(vocab_size=257)  # 256 bytes + end of document
     assert info["params"] == families.param_count(cfg)
     assert info["flops_per_token"] == families.flops_per_token(cfg, 32)
     assert info["attention_impl"] is None
@@ -96,7 +96,7 @@ def test_elman_rnn_trains_sharded_resumes_and_samples(tmp_path):
     train(c, one, progress=False, devices=jax.devices()[:1])
     assert losses(one)[-1] < losses(one)[0]
     info = json.loads((one / "run.json").read_text())
-    cfg = config_lib.resolve(c).model.replace(vocab_size=256)
+    cfg = config_lib.resolve(c).model.replace(vocab_size=257)  # 256 bytes + end of document
     assert info["flops_per_token"] == families.flops_per_token(cfg, 32)
     assert_sharded_and_resumed_runs_match(c, one, sharded, resumed)
     run = lmjax.load(one)
@@ -171,7 +171,7 @@ def test_encoder_pretrains_sharded_like_one_device_resumes_and_fills(tmp_path):
     final = train(c, one, progress=False, devices=jax.devices()[:1])
     assert losses(one)[-1] < losses(one)[0]
     assert 0 < final["val_masked_accuracy"] <= 1 and final["val_masked_tokens"] > 0
-    cfg = config_lib.resolve(c).model.replace(vocab_size=257)  # 256 bytes + [MASK]
+    cfg = config_lib.resolve(c).model.replace(vocab_size=258)  # 256 bytes, end of document, [MASK]
     assert json.loads((one / "run.json").read_text())["params"] == families.param_count(cfg)
 
     assert_sharded_and_resumed_runs_match(c, one, sharded, resumed)

@@ -53,8 +53,9 @@ def cli(*args, devices=1, timeout=300, **kw):
 
 
 def error_lines(stderr: str) -> list[str]:
-    """stderr's lines, less the one line that announces the re-execution with malloc tunables."""
-    return [ln for ln in stderr.strip().splitlines() if not ln.startswith(ANNOUNCEMENT)]
+    """stderr's lines, less lmjax's notes on its own work (`lmjax: ...`: the re-execution with malloc
+    tunables, ANNOUNCEMENT, and building a token store)."""
+    return [ln for ln in stderr.strip().splitlines() if not ln.startswith(("lmjax: ", ANNOUNCEMENT))]
 
 
 def logged_steps(workdir):
@@ -288,13 +289,19 @@ BAD_TRAIN = [
 ]
 
 
+DATA_ERRORS = ("missing corpus", "empty corpus", "non-UTF-8 file")
+
+
 @pytest.mark.parametrize("name, make_args, message", BAD_TRAIN, ids=[b[0] for b in BAD_TRAIN])
 def test_bad_train_input(trained, capsys, name, make_args, message):
     """In this process (8 devices, so a batch of 9 cannot be split over the data-parallel axis):
     the command line's own entry point, without a start-up per case."""
     root, workdir = trained
     before = tree_digest(workdir / "checkpoints")
-    code = cli_main(["train", *TINY, "--config.train.steps=8", *make_args(root), f"--workdir={workdir}"])
+    # A bad corpus in the trained run's workdir is refused first as another config's run: its
+    # own error shows in a new workdir.
+    into = root / f"new-{name.replace(' ', '-')}" if name in DATA_ERRORS else workdir
+    code = cli_main(["train", *TINY, "--config.train.steps=8", *make_args(root), f"--workdir={into}"])
     lines = error_lines(capsys.readouterr().err)
     assert code == 2, lines
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
@@ -327,6 +334,11 @@ def test_corpus_changed_under_checkpoint_is_refused(tmp_path):
     assert cli("train", *args, f"--workdir={tmp_path / 'run'}").returncode == 0
     corpus.write_text("abcdefghijklmnop\n" * 2000)  # a different character set
     before = tree_digest(tmp_path / "run" / "checkpoints")
+    proc = cli("train", *args[:-2], "--config.train.steps=4", f"--workdir={tmp_path / 'run'}")
+    lines = error_lines(proc.stderr)
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr  # the token store notices the file first
+    assert f"corpus file {corpus} changed since the token store was built; run `lmjax prepare --rebuild`" in lines[0]
+    assert cli("prepare", *args[:-2], "--rebuild").returncode == 0  # tokenized again: another tokenizer
     proc = cli("train", *args[:-2], "--config.train.steps=4", f"--workdir={tmp_path / 'run'}")
     assert proc.returncode == 2 and "tokenizer built from config.data differs" in proc.stderr
     assert tree_digest(tmp_path / "run" / "checkpoints") == before

@@ -21,7 +21,7 @@ from lmjax.hf.convert import export_run, import_dir  # noqa: E402
 from lmjax.hf.layouts import ConversionError, layout_for  # noqa: E402
 from lmjax.hf.tokenizer import save_hf_tokenizer  # noqa: E402
 from lmjax.data.tokenizers import ByteTokenizer  # noqa: E402
-from lmjax.data.corpus import load_corpus  # noqa: E402
+from lmjax.data import prepare  # noqa: E402
 from lmjax.models.decode import generate  # noqa: E402
 from lmjax.training.finetune import finetune  # noqa: E402
 from lmjax.training.loop import train  # noqa: E402
@@ -87,9 +87,8 @@ def test_export_logits_greedy_tokens_and_tokenizer_match_transformers(exported):
     np.testing.assert_array_equal(greedy, hf_greedy)
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True)
-    corpus = load_corpus(run.config.data.corpus, data_dir=run.config.data.data_dir,
-                         val_fraction=run.config.data.val_fraction)
-    paragraph = corpus.val[:3000]
+    val = prepare(run.config.data).sources[0].val
+    paragraph = run.tokenizer.decode(val.tokens[:val.doc_ends[0] - 1])[:3000]  # of the first document
     assert tokenizer.encode(paragraph, add_special_tokens=False) == run.tokenizer.encode(paragraph).tolist()
     assert len(tokenizer) == run.tokenizer.vocab_size
 

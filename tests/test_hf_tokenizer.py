@@ -16,10 +16,10 @@ pytest.importorskip("transformers")
 
 from transformers import AutoTokenizer  # noqa: E402
 
-from lmjax.data.tokenizers import ByteTokenizer, CharTokenizer, SentencePieceTokenizer  # noqa: E402
+from lmjax.data.tokenizers import BpeTokenizer, ByteTokenizer, CharTokenizer, SentencePieceTokenizer  # noqa: E402
 from lmjax.hf.tokenizer import save_hf_tokenizer, to_hf_tokenizer  # noqa: E402
 
-KINDS = ("byte", "char", "bpe", "unigram")
+KINDS = ("byte", "char", "bpe", "unigram", "byte-level-bpe")  # bpe, unigram: sentencepiece's
 ODD = (
     "spaces  runs   of    them\t\ttabs \t mixed, digits 12345 x²y ٣٤, héllo — 你好 🙂\n\n  \n"
     "a literal ▁ and ▁▁x ab▁cd, names of pieces <unk> <0x41> ⁇ ▅, NUL \x00, CRLF\r\n"
@@ -53,6 +53,7 @@ def tokenizers(corpora):
         "char": CharTokenizer.train(corpora["shakespeare"][:-4000]),
         "bpe": SentencePieceTokenizer.train(train, vocab_size=512, model_type="bpe", seed=0),
         "unigram": SentencePieceTokenizer.train(train, vocab_size=1000, model_type="unigram", seed=0),
+        "byte-level-bpe": BpeTokenizer.train(train, vocab_size=512),
     }
 
 
@@ -81,6 +82,9 @@ def test_hf_tokenizer_matches(tokenizers, texts, kind):
         assert hf.decode(ids) == tok.decode(ids)
         if kind != "char" or name == "shakespeare":  # char: other text has characters it never saw
             assert hf.decode(ids) == text
+    # Documents end in the end-of-document id, its one special token, which decodes to nothing.
+    ids, _ = tok.encode_documents([texts["shakespeare"], texts["stdlib"]])
+    assert hf.decode(ids.tolist()) == tok.decode(ids) and hf.id_to_token(tok.eod_id) is not None
 
 
 def test_unigram_ties_on_long_text(tokenizers, corpora):
@@ -108,7 +112,7 @@ def test_saved_tokenizer_loads_with_auto_tokenizer(tokenizers, texts, kind, tmp_
     save_hf_tokenizer(tok, tmp_path)
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     assert len(loaded) == tok.vocab_size
-    assert loaded.all_special_ids == []  # lmjax's vocabularies have no special tokens, and none were added
+    assert loaded.all_special_ids == [tok.eod_id] == [loaded.eos_token_id]  # the end-of-document id alone
     for name, text in texts.items():
         ids = loaded.encode(text, add_special_tokens=False)
         assert_same_ids(tok, kind, text, ids)

@@ -169,7 +169,7 @@ def test_two_processes_train_as_one(tmp_path):
                          capture_output=True, text=True, cwd=REPO,
                          env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
     assert one.returncode == 0, one.stderr[-2000:]
-    # The two processes start on an empty token cache: process 0 builds it behind a barrier.
+    # The two processes start on an empty token cache: each builds its share of the store's pieces.
     two = subprocess.run(["bash", "launch/local.sh", "-n", "2", "-d", "4", "-p", str(20000 + os.getpid() % 20000),
                           "--", sys.executable, "-m", "lmjax", "train", *TINY, "--workdir", str(tmp_path / "two")],
                          capture_output=True, text=True, cwd=REPO, env={**env, "LMJAX_CACHE_DIR": str(tmp_path / "cache")},
@@ -183,7 +183,7 @@ def test_two_processes_train_as_one(tmp_path):
     # over 6 steps of losses ~5.5), far under the 1e-5 relative allowed.
     np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5)
     assert "2 processes x 4 devices" in two.stdout
-    assert len(list((tmp_path / "cache" / "tokens").iterdir())) == 1  # one cache, no leftover builds
+    assert len(list((tmp_path / "cache" / "stores").iterdir())) == 1  # one store, no leftover builds
     assert sum(line.startswith("{") for line in two.stdout.splitlines()) == 1  # one final line
     # eval and sample under two processes: each restores its own copy, process 0 prints once.
     for i, args in enumerate((["eval", "--workdir", str(tmp_path / "two")],

@@ -259,3 +259,33 @@ def test_mixture_shares_one_tokenizer_and_reuses_stores(tmp_path):
     sp = prepare(data_cfg(tmp_path, mixture=cfg.mixture, tokenizer="bpe", vocab_size=300))
     assert sp.sources[0].store.manifest["tokenizer_fingerprint"] == sp.sources[1].store.manifest[
         "tokenizer_fingerprint"] == sp.tokenizer.fingerprint
+
+
+def test_ray_tasks_build_the_same_store(tmp_path):
+    """`lmjax prepare --ray ADDRESS` against a real Ray head on this machine: bitwise the local store."""
+    pytest.importorskip("ray")
+    import socket
+
+    for i in range(3):
+        write_jsonl(tmp_path / "c" / f"{i}.jsonl", 600, start=600 * i)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_bin = Path(sys.executable).parent / "ray"
+    head = subprocess.run([str(ray_bin), "start", "--head", f"--port={port}", "--num-cpus=2",
+                           "--include-dashboard=false", "--disable-usage-stats"], capture_output=True, text=True)
+    assert head.returncode == 0, head.stderr
+    try:
+        args = ["prepare", f"--config.data.corpus={tmp_path / 'c'}", "--config.data.tokenizer=bpe",
+                "--config.data.vocab_size=300"]
+        remote = lmjax(*args, f"--config.data.cache_dir={tmp_path / 'ray'}", f"--ray=127.0.0.1:{port}")
+        assert remote.returncode == 0, remote.stderr
+        local = lmjax(*args, f"--config.data.cache_dir={tmp_path / 'local'}", "--workers=1")
+        assert local.returncode == 0, local.stderr
+        stores = [json.loads(r.stdout.splitlines()[-1])["store"] for r in (remote, local)]
+        assert store_files(stores[0]) == store_files(stores[1])
+        unreachable = lmjax(*args, f"--config.data.cache_dir={tmp_path / 'x'}", "--ray=127.0.0.1:1")
+        errors = [line for line in unreachable.stderr.splitlines() if line.startswith("error:")]
+        assert unreachable.returncode == 2 and len(errors) == 1 and "cannot reach the Ray cluster" in errors[0]
+    finally:
+        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True)

@@ -58,6 +58,7 @@ def _define_flags(command: str, fv: flags.FlagValues, argv: list[str]) -> None:
                             "address (host:port of `ray start --head`; needs lmjax[ray]).", flag_values=fv)
         flags.DEFINE_boolean("rebuild", False, "Set the existing tokenizer and token store aside "
                              "(renamed, not deleted) and build them again.", flag_values=fv)
+        flags.DEFINE_boolean("progress", True, "Report the pieces built as they finish.", flag_values=fv)
         return
     if command == "train":
         flags.DEFINE_string("workdir", "", "Run folder (default runs/<config name>).", flag_values=fv)
@@ -208,7 +209,8 @@ def run_prepare(fv) -> int:
     _join_and_reset(fv)
     data_cfg = config_lib.resolve(fv.config).data
     t0 = time.perf_counter()
-    data = prepare(data_cfg, workers=fv.workers, job=store_job(), ray_address=fv.ray, rebuild=fv.rebuild)
+    data = prepare(data_cfg, workers=fv.workers, job=store_job(), ray_address=fv.ray, rebuild=fv.rebuild,
+                   progress=fv.progress)
     if _reporter():
         print(json.dumps(summary(data, time.perf_counter() - t0)))
     return 0

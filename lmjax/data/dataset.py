@@ -123,18 +123,23 @@ def read_options(data_cfg: DataConfig) -> src.ReadOptions:
 
 
 def prepare(data_cfg: DataConfig, *, workers: int = 0, job: Job = Job(), ray_address: str = "",
-            rebuild: bool = False, log=None) -> Dataset:
+            rebuild: bool = False, tokenizer: Tokenizer | None = None, progress: bool = True,
+            log=None) -> Dataset:
     """The dataset config.data describes: its stores built where missing (by `workers` processes,
     default the cores; the processes of `job` sharing the pieces; or Ray tasks at `ray_address`),
-    then opened. `rebuild` sets the existing tokenizer and stores aside and builds them again."""
+    then opened. `rebuild` sets the existing tokenizer and stores aside and builds them again.
+    `tokenizer`: tokenize with this one instead (a run's own, from its checkpoint). `progress`:
+    a line on stderr as each tenth of a store's pieces is built."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     workers = workers or default_workers()
     mix = mixture_sources(data_cfg)
     opts = read_options(data_cfg)
     corpora = [src.find_corpus(s.corpus, data_cfg.data_dir) for s in mix]
     root = cache_root(data_cfg)
+    os.makedirs(root, exist_ok=True)
+    store_lib.check_shared(root, job)  # the processes of a job build the stores together
     kw = dict(workers=workers, job=job, ray_address=ray_address)
-    tokenizer = _tokenizer(data_cfg, mix, corpora, opts, root, rebuild, log, **kw)
+    tokenizer = tokenizer or _tokenizer(data_cfg, mix, corpora, opts, root, rebuild, log, **kw)
     out = []
     for s, corpus in zip(mix, corpora):
         folder = os.path.join(root, "stores", store_key(corpus, opts, tokenizer))
@@ -146,10 +151,22 @@ def prepare(data_cfg: DataConfig, *, workers: int = 0, job: Job = Job(), ray_add
             log(f"lmjax: tokenizing {corpus.name} ({len(corpus.files):,} files, {pieces} pieces) into {folder}"
                 f" with {'Ray at ' + ray_address if ray_address else f'{min(workers, pieces)} worker(s)'}"
                 + (f" in each of {job.count} processes" if job.count > 1 else ""))
-            store_lib.build_store(folder, corpus, opts, tokenizer, **kw)
+            store_lib.build_store(folder, corpus, opts, tokenizer, **kw,
+                                  progress=_pieces_done(log, corpus.name) if progress and pieces > 1 else None)
         store = store_lib.open_store(folder, corpus)
         out.append(Source(s.name, s.weight, store, store.val.part(data_cfg.val_part, tokenizer.token_bytes())))
     return Dataset(out, tokenizer, data_cfg.packing)
+
+
+def _pieces_done(log, name: str):
+    t0, shown = time.perf_counter(), [0]
+
+    def report(done: int, total: int) -> None:
+        if done == total or done * 10 // total > shown[0]:
+            shown[0] = done * 10 // total
+            log(f"lmjax: {name}: {done}/{total} pieces in {time.perf_counter() - t0:.1f} s")
+
+    return report
 
 
 def corpus_identity(corpus: src.Corpus) -> str:

@@ -243,7 +243,6 @@ def build_store(folder: str, corpus: src.Corpus, opts: src.ReadOptions, tokenize
     if job.index == 0:
         _start(folder, corpus, src.plan_pieces(corpus, piece_bytes), tokenizer)
     job.barrier("lmjax: token store started")
-    check_shared(folder, job)
     pieces = _check_plan(folder, corpus)  # a resumed build keeps its first plan
     todo = [p for p in pieces if p.index % job.count == job.index and not _done(folder, p)]
     tok_json = json.dumps(tokenizer.to_json())
@@ -295,18 +294,34 @@ def _ray_map(fn, pieces: list, address: str) -> list:
         import ray
     except ImportError:
         raise DataError("lmjax prepare --ray needs Ray: pip install 'lmjax[ray]'") from None
+    _check_reachable(address)  # ray.init itself retries an unreachable address for minutes
     try:
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise DataError(f"cannot reach the Ray cluster at {address} ({str(e).splitlines()[0]}); start one "
                         "with `ray start --head` or pass its address (host:port)") from None
-    task = ray.remote(num_cpus=1)(fn)
-    return ray.get([task.remote(p) for p in pieces])
+    task = ray.remote(num_cpus=1)(_apply)
+    return ray.get([task.remote(fn, p) for p in pieces])
+
+
+def _check_reachable(address: str) -> None:
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=10).close()
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot reach the Ray cluster at {address} ({getattr(e, 'strerror', None) or e}); start "
+                        "one with `ray start --head` and pass its address (host:port)") from None
+
+
+def _apply(fn, item):
+    return fn(item)
 
 
 def check_shared(folder: str, job: Job) -> None:
-    """Every process of the job must see the same store folder (they write its shards together)."""
+    """Every process of the job must see the same folder of stores (they write shards together)."""
     if job.count == 1:
         return
     probe = os.path.join(folder, f".probe-{job.token()}")
@@ -319,7 +334,7 @@ def check_shared(folder: str, job: Job) -> None:
         os.remove(probe)
     if not all(seen):
         lost = [i for i, ok in enumerate(seen) if not ok]
-        raise DataError(f"the token store {folder} is not on storage every process shares (process(es) "
+        raise DataError(f"the token stores' folder {folder} is not on storage every process shares (process(es) "
                         f"{', '.join(map(str, lost))} cannot see process 0's files there); set "
                         "config.data.cache_dir or LMJAX_CACHE_DIR to a filesystem every host mounts")
 

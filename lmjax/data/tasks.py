@@ -4,7 +4,7 @@
   source comes from. Each file is tokenized with the pretrained run's tokenizer and cut into
   non-overlapping snippets of `length` tokens (the pretrained context; 128 bytes for a byte-level
   run with seq_len 128). A file's snippets are held out exactly when the language-model corpus
-  puts that file in its validation split (`corpus.is_val_file`, same hash, same val_fraction), so
+  puts that file in its validation split (`sources.is_val`, same hash, same val_fraction), so
   no held-out snippet was in pretraining's training split. Per label at most `max_per_label`
   training snippets and a fifth of that held out, drawn evenly over the label's files.
 - a user's file: `.jsonl` (one `{"text": ..., "label": ...}` per line) or `.tsv` (`text<TAB>label`
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from lmjax.config import STDLIB_TASK
-from lmjax.data.corpus import _stdlib_files, is_val_file
+from lmjax.data.sources import _stdlib_files, is_val
 from lmjax.errors import DataError
 
 # Top-level stdlib packages present in Python 3.11-3.13, each with held-out files under the
@@ -174,7 +174,7 @@ def _stdlib_modules(tokenizer, *, length: int, val_fraction: float, max_per_labe
         except UnicodeDecodeError:  # as the corpus does: a few test files are in other encodings
             continue
         ids = np.asarray(tokenizer.encode(text), np.int32)
-        split = "val" if is_val_file(rel, val_fraction) else "train"
+        split = "val" if is_val(rel, val_fraction) else "train"
         snippets[group, split] += [ids[i:i + length] for i in range(0, len(ids) - length + 1, length)]
     caps = {"train": max_per_label, "val": max(1, max_per_label // 5)}
     out = {}

@@ -44,10 +44,11 @@ class Tokenizer:
         return [self.encode(t) for t in texts]
 
     def encode_documents(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(ids of the documents end to end, each followed by eod_id; int64 lengths, eod included)."""
+        """(ids of the documents end to end, each followed by eod_id; int64 lengths, eod included).
+        A tokenizer without one (restored from old JSON) puts nothing between them."""
         parts = self.encode_batch(texts)
-        eod = np.array([self.eod_id], np.int32)
-        lengths = np.fromiter((p.size + 1 for p in parts), np.int64, len(parts))
+        eod = np.array([] if self.eod_id is None else [self.eod_id], np.int32)
+        lengths = np.fromiter((p.size + eod.size for p in parts), np.int64, len(parts))
         ids = np.concatenate([x for p in parts for x in (p, eod)]) if parts else np.zeros(0, np.int32)
         return ids.astype(np.int32, copy=False), lengths
 

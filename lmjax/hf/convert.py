@@ -160,11 +160,13 @@ def _import_tokenizer(src: Path, workdir: Path, vocab_size: int, lmjax_json: dic
     config.data.tokenizer); else lmjax's own when the directory came from `lmjax export`; else
     its tokenizer.json, copied into the workdir."""
     from lmjax.data import build_tokenizer, prepare
-    from lmjax.data.tokenizers import HfTokenizer, tokenizer_from_json
+    from lmjax.data.tokenizers import ByteTokenizer, HfTokenizer, tokenizer_from_json
 
     if chosen is not None:  # built as `lmjax train` builds it; only byte and hf need no corpus
         keys = {"vocab_size": chosen["vocab_size"] or vocab_size} if chosen["tokenizer"] == "hf" else {}
         d = config_lib.DataConfig(**{**chosen, **keys})
+        if d.tokenizer == "byte" and vocab_size == 256:  # bytes alone: no end-of-document id
+            return ByteTokenizer(eod=False), keys
         if d.tokenizer in ("byte", "hf"):
             return build_tokenizer(d.tokenizer, "", vocab_size=d.vocab_size, path=d.tokenizer_path), keys
         return prepare(d).tokenizer, keys
@@ -174,7 +176,7 @@ def _import_tokenizer(src: Path, workdir: Path, vocab_size: int, lmjax_json: dic
     if not (src / "tokenizer.json").exists():
         raise ConversionError(
             f"{src} has no tokenizer.json; name the tokenizer its model was trained with: "
-            "--config.data.tokenizer=byte (256 ids), or --config.data.tokenizer=hf "
+            "--config.data.tokenizer=byte (256 ids, or 257 with lmjax's end-of-document id), or --config.data.tokenizer=hf "
             "--config.data.tokenizer_path=PATH/tokenizer.json (char and sentencepiece are rebuilt "
             "from config.data.corpus)")
     path = workdir.resolve() / "tokenizer.json"

@@ -152,15 +152,15 @@ def train(config, workdir: str | os.PathLike, *, progress: bool = True, force: b
     workdir = Path(workdir)
     main = jax.process_index() == 0
 
-    data = prepare_job(config.data)
+    # What fails without data first: a bad mesh or a workdir of another config refuses at once.
     mesh = sharding.make_mesh(config.mesh, devices)
     sharding.check_batch(tc.batch_size, tc.grad_accum, mesh, jax.process_count(), tc.replicas)
-    setup = make_setup(config, vocab_size=data.tokenizer.vocab_size, mesh=mesh)
-
     cfg_dict = config.to_dict()
     wd = Workdir(workdir).create()
     check_shared_workdir(wd)
     check_workdir(wd, cfg_dict, force)
+    data = prepare_job(config.data)
+    setup = make_setup(config, vocab_size=data.tokenizer.vocab_size, mesh=mesh)
     ckpt = Checkpointer(workdir, keep=tc.keep_checkpoints)
     start = ckpt.latest_step()
     if start is None:
