@@ -336,6 +336,44 @@ loss of a random model is about ln 50257 = 10.8.
 |---|---|---|---|---|---|---|
 """, _hf_import_row)
 
+def _gb(n) -> str:
+    return f"{n / 1e9:.2f}"
+
+
+def _data_store_rows(rec: dict) -> str:
+    """One row per (size, tokenizer, workers) of a `benchmarks.data_store` record."""
+    rows = []
+    for size, s in rec["sizes"].items():
+        for kind, t in s["tokenizers"].items():
+            train = {x["packing"]: x for x in t.get("train", [])}
+            pipe = {x["packing"]: x for x in t.get("pipeline", [])}
+            for p in t["prepare"]:
+                speedup = f"{t['speedup_2_workers']:.2f}x" if p["workers"] == 2 and "speedup_2_workers" in t else "-"
+                trained = " / ".join(
+                    f"{train[k]['launch_to_first_step_s']:.1f} s, {_gb(train[k]['peak_rss_bytes'])} GB, "
+                    f"{pipe[k]['tokens_per_s'] / train[k]['train_tokens_per_s']:,.0f}x"
+                    for k in ("concat", "documents")) if train and p["workers"] == 2 else "-"
+                rows.append(f"| {_row_date(rec)} | {_host(rec)} | {size} GB ({s['corpus']['files']} .jsonl.zst) "
+                            f"| {kind} | {p['workers']} | {p['build_s']:.0f} | {p['text_mb_per_s']:.1f} "
+                            f"| {t['raw']['text_mb_per_s']:.1f} | {p['of_raw_per_worker']:.0%} | {speedup} "
+                            f"| {_gb(p['peak_rss_bytes'])} | {trained} |")
+    return "\n".join(rows)
+
+
+DATA_STORE = Table("## Token stores: `lmjax prepare` and training at 1 GB and 10 GB", """\
+Written by `python -m benchmarks.data_store` (see benchmarks/README.md): synthetic corpora of stdlib
+documents as .jsonl.zst shards, generated in a temporary folder and deleted after. **build s**: the
+store build (the manifest's `build_seconds`; the tokenizer's training apart); **MB/s**: text
+megabytes tokenized per second; **raw MB/s**: the tokenizer's own `encode_batch` in one process on
+the first 64 MB (the limit); **of raw**: MB/s per worker over raw; **2 vs 1**: build time of 1
+worker over 2; **peak GB**: resident memory of `lmjax prepare` and its workers together; **train**
+(byte, concat / documents packing): configs/default.py's launch to first step, peak resident
+memory over its first 100 steps, and the input pipeline's tokens/s over training's.
+
+| date | host | corpus | tokenizer | workers | build s | MB/s | raw MB/s | of raw | 2 vs 1 | peak GB | train: first step, peak GB, data x train |
+|---|---|---|---|---|---|---|---|---|---|---|---|
+""", _data_store_rows)
+
 HARNESS = Table(None, RESULTS_HEADER, results_row)
 
 
