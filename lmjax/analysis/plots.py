@@ -38,10 +38,12 @@ def _save(fig, path: Path) -> None:
 
 
 def _colors(names: list[str]) -> dict:
+    """A distinct colour per name: tab10 up to 10 names, tab20 up to 20 (no two names share one),
+    then the 20 again."""
     from matplotlib import colormaps
 
-    cmap = colormaps["tab10"]
-    return {g: cmap(i % 10) for i, g in enumerate(names)}
+    cmap, n = (colormaps["tab10"], 10) if len(names) <= 10 else (colormaps["tab20"], 20)
+    return {g: cmap(i % n) for i, g in enumerate(names)}
 
 
 def _no_data(ax) -> None:
