@@ -562,3 +562,11 @@ def test_compare_counts_seed_and_evaluation_noise():
     assert "| +0.050 (2.0) |" in text.replace("| **", "| ").split("\n\n")[1] and "**+0.050" not in text
     assert "**+0.200 (11.0)**" in text  # 0.2 / sqrt(0.03^2 / 3 + 2 * 0.004^2)
     assert "| 2.0500 ± 0.030 [0.0040] |" in text
+
+
+def test_plot_colours_are_distinct_up_to_twenty_variants():
+    from lmjax.analysis.plots import _colors
+
+    for n in (3, 10, 14, 20):
+        colors = _colors([f"v{i}" for i in range(n)])
+        assert len(set(colors.values())) == n
