@@ -56,7 +56,8 @@ def lmjax(*args, env=None, **kw) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("kind, vocab_size", [("byte", 0), ("char", 0), ("sentencepiece", 400), ("bpe", 400)])
-def test_store_holds_each_document_then_its_end(tmp_path, kind, vocab_size):
+def test_store_holds_each_document_then_its_end(tmp_path, monkeypatch, kind, vocab_size):
+    monkeypatch.setattr(store_lib, "BATCH_DOCS", 3)  # a piece in several batches (one piece: built here)
     text = Path(DATA_DIR, "tinyshakespeare", "input.txt").read_text(encoding="utf-8")[:200_000]
     corpus_dir = tmp_path / "docs"
     docs = [text[i:i + 5000] for i in range(0, len(text), 5000)]
