@@ -53,10 +53,11 @@ def model_and_params(**overrides):
 
 # --- the model ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("family", ["decoder", "encoder"])
-@pytest.mark.parametrize("overrides", [dict(positions="rope"), dict(positions="learned"),
-                                       dict(positions="rope", scan_layers=True, remat=True)],
-                         ids=["rope", "learned", "rope-scan-remat"])
+@pytest.mark.parametrize("family, overrides", [
+    ("decoder", dict(positions="rope")), ("decoder", dict(positions="learned")),
+    ("decoder", dict(positions="rope", scan_layers=True, remat=True)),
+    ("encoder", dict(positions="rope")), ("encoder", dict(positions="learned")),
+], ids=["decoder-rope", "decoder-learned", "decoder-rope-scan-remat", "encoder-rope", "encoder-learned"])
 def test_no_gradient_across_documents(family, overrides):
     """The issue's test: the middle document's summed loss has exactly zero gradient with respect
     to the input embeddings of the documents before and after it in the row (and of the padding),
@@ -160,34 +161,18 @@ def reference_loss(model, params, batch, weights_BL, inputs_BL):
     return float(jnp.sum(ce * rows["weights"])) / float(np.sum(weights_BL))
 
 
-@pytest.mark.parametrize("family, loss_chunk", [("decoder", 0), ("decoder", 8), ("encoder", 0)])
-def test_train_step_loss_is_the_mean_over_target_weights(family, loss_chunk):
-    c = config(family, loss_chunk=loss_chunk)
-    setup = setup_on(c, jax.devices()[:1])
-    state = setup.init_state(0)
-    params = jax.device_get(state.params)  # the step donates the state
-    batch = batch_at(0)
-    _, metrics = setup.train_step(state, setup.put_batch(batch))
-    if family == "decoder":
-        inputs, weights = batch["tokens"][:, :-1], packing.target_weights(batch["segments"])
-    else:  # the masks the step draws (objectives.train_key), kept where segments > 0
-        jb = jax.tree.map(jnp.asarray, batch)
-        inputs, _, weights = map(np.asarray, objectives.masked_lm(setup.model_cfg)(jb, objectives.train_key(0, 0)))
-        assert weights.sum() > 0 and np.all(weights[batch["segments"][:, :-1] == 0] == 0)
-    want = reference_loss(setup.model, params, batch, np.asarray(weights), inputs)
-    np.testing.assert_allclose(float(metrics["loss"]), want, rtol=1e-5)
-
-
 def run_steps(c, devices, steps=2, replicas=1):
+    """(setup, the initial params, [steps, 2(, replicas)] losses and gradient norms)."""
     setup = setup_on(c, devices)
     state, out = setup.init_state(c.train.seed), []
+    params = jax.device_get(state.params)  # the step donates the state
     for step in range(steps):
         batch = batch_at(step)
         if replicas > 1:  # replica k: the batches of seed + k, here those of step + k
             batch = jax.tree.map(lambda *r: np.stack(r), *[batch_at(step + k) for k in range(replicas)])
         state, metrics = setup.train_step(state, setup.put_batch(batch))
         out.append((np.asarray(metrics["loss"]), np.asarray(metrics["grad_norm"])))
-    return np.array(out)  # [steps, 2(, replicas)]
+    return setup, params, np.array(out)
 
 
 @pytest.fixture(scope="module")
@@ -195,21 +180,39 @@ def one_device():
     return run_steps(config(), jax.devices()[:1])
 
 
+def test_train_step_loss_is_the_mean_over_target_weights(one_device):
+    setup, params, out = one_device
+    batch = batch_at(0)
+    want = reference_loss(setup.model, params, batch, packing.target_weights(batch["segments"]),
+                          batch["tokens"][:, :-1])
+    np.testing.assert_allclose(out[0, 0], want, rtol=1e-5)
+
+
+def test_masked_lm_step_scores_chosen_positions_within_documents():
+    setup, params, out = run_steps(config("encoder"), jax.devices()[:1], steps=1)
+    batch = jax.tree.map(jnp.asarray, batch_at(0))  # the masks the step drew (objectives.train_key):
+    inputs, _, weights = map(np.asarray, objectives.masked_lm(setup.model_cfg)(batch, objectives.train_key(0, 0)))
+    assert weights.sum() > 0 and np.all(weights[np.asarray(batch["segments"])[:, :-1] == 0] == 0)
+    want = reference_loss(setup.model, params, jax.device_get(batch), weights, inputs)
+    np.testing.assert_allclose(out[0, 0], want, rtol=1e-5)
+
+
 def test_grad_accumulation_matches_the_full_batch(one_device):
     """The micro-batches' target counts differ, so the loss is the whole batch's summed losses
     over its summed weights (not the mean of the micro-batches' means)."""
-    accum = run_steps(config(grad_accum=2), jax.devices()[:1])
-    np.testing.assert_allclose(accum, one_device, rtol=1e-5)
+    np.testing.assert_allclose(run_steps(config(grad_accum=2), jax.devices()[:1])[2], one_device[2], rtol=1e-5)
 
 
-def test_sharded_matches_one_device(one_device):
-    np.testing.assert_allclose(run_steps(config(mesh=(2, 2, 2)), jax.devices()[:8]), one_device, rtol=1e-5)
+def test_sharded_with_loss_chunk_matches_one_device(one_device):
+    """On data=2 x fsdp=2 x tensor=2, with the loss 8 positions at a time (its weights too)."""
+    sharded = run_steps(config(mesh=(2, 2, 2), loss_chunk=8), jax.devices()[:8])[2]
+    np.testing.assert_allclose(sharded, one_device[2], rtol=1e-5)
 
 
 def test_replicas_take_packed_batches(one_device):
     """Replica 0 of K=2 on one device follows the K=1 run on the same batches."""
-    both = run_steps(config(replicas=2), jax.devices()[:1], replicas=2)
-    np.testing.assert_allclose(both[:, :, 0], one_device, rtol=1e-5)
+    both = run_steps(config(replicas=2), jax.devices()[:1], replicas=2)[2]
+    np.testing.assert_allclose(both[:, :, 0], one_device[2], rtol=1e-5)
 
 
 # --- evaluation -------------------------------------------------------------------------------
