@@ -217,20 +217,27 @@ def test_replicas_take_packed_batches(one_device):
 
 # --- evaluation -------------------------------------------------------------------------------
 
-DOC_LENGTHS = [10, 30, 4, 21]  # 65 tokens; windows of 16 targets cross every boundary
+# 65 tokens in windows of 16 targets, [16w, 16w + 17): boundaries at 10, 32 and 44. Window 1's
+# only boundary comes before its last target; window 3 lies within document 4.
+DOC_LENGTHS = [10, 22, 12, 21]
+
+
+def make_eval_setup(family):
+    setup = setup_on(config(family, batch_size=4, seq_len=16), jax.devices()[:1])
+    split = np.random.default_rng(1).integers(1, VOCAB - 1, sum(DOC_LENGTHS)).astype(np.uint16)
+    # Scaled up from the initialisation, so that the logits are far from uniform and the per-row
+    # mask's rounding (1e-7 relative) would show in the figures.
+    return setup, jax.tree.map(lambda x: 10 * x, jax.device_get(setup.init_state(0).params)), split
 
 
 @pytest.fixture(scope="module")
 def eval_setup():
-    c = config(batch_size=4, seq_len=16)
-    setup = setup_on(c, jax.devices()[:1])
-    split = np.random.default_rng(1).integers(1, VOCAB - 1, sum(DOC_LENGTHS)).astype(np.uint16)
-    return setup, jax.device_get(setup.init_state(0).params), split
+    return make_eval_setup("decoder")
 
 
-def evaluate(eval_setup, **kw):
+def evaluate(eval_setup, batch_size=4, **kw):
     setup, params, split = eval_setup
-    return evaluation.evaluate(setup, params, split, seq_len=16, batch_size=4, max_windows=0,
+    return evaluation.evaluate(setup, params, split, seq_len=16, batch_size=batch_size, max_windows=0,
                                token_bytes=np.ones(VOCAB, np.int64), **kw)
 
 
@@ -256,8 +263,27 @@ def test_evaluation_scores_within_documents(eval_setup):
     total = float(jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]) * weights))
     assert weights.sum() == ev["tokens"]
     np.testing.assert_allclose(ev["loss"], total / weights.sum(), rtol=1e-5)
+    # One window a batch: window 3 takes the plain path, the others cross a boundary.
+    one = evaluate(eval_setup, batch_size=1, doc_ends=doc_ends)
+    assert one["tokens"] == ev["tokens"]
+    np.testing.assert_allclose(one["loss"], ev["loss"], rtol=1e-6)
 
 
 def test_evaluation_of_one_document_is_the_plain_one(eval_setup):
+    """Bitwise: windows within one document take the plain path (the last one's tail past the
+    split's end is never attended by the decoder)."""
     n = len(eval_setup[2])
     assert evaluate(eval_setup, doc_ends=np.array([n], np.int64)) == evaluate(eval_setup)
+
+
+def test_encoder_evaluation_masks_the_same_positions_within_documents():
+    """The encoder's masked positions are its inputs: within the split (65 tokens: no window
+    reaches past its end) documents change what they attend to, not which positions count."""
+    es = make_eval_setup("encoder")
+    plain, docs = evaluate(es), evaluate(es, doc_ends=np.cumsum(DOC_LENGTHS).astype(np.int64))
+    assert docs["masked_tokens"] == plain["masked_tokens"] and docs["masked_loss"] != plain["masked_loss"]
+    assert evaluate(es, doc_ends=np.array([len(es[2])], np.int64)) == plain
+    # A split that ends inside its last window: the plain path attends to the padding after it.
+    short = (*es[:2], es[2][:60])
+    ones, plain = evaluate(short, doc_ends=np.array([60], np.int64)), evaluate(short)
+    assert ones["masked_tokens"] == plain["masked_tokens"] and ones["masked_loss"] != plain["masked_loss"]

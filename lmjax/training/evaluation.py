@@ -12,6 +12,8 @@ carries its tokens' segment ids (lmjax/data/packing.py), so the model attends wi
 and restarts positions at each one, and a next-token target counts only within its input's
 document: the first token of each document is not a target, so a whole-split evaluation scores
 every target except those. The encoder scores its masked positions as before (within documents).
+A batch whose windows each lie within one document takes the plain path: the same figures, and
+bitwise those of an evaluation without doc_ends (the per-row mask is rounded differently by XLA).
 
 A budget of m windows takes m of them spread evenly over the split (first and last included), so
 a periodic evaluation reads text from everywhere, not the first files. Which windows are scored
@@ -193,14 +195,16 @@ def evaluate(setup, params, tokens: np.ndarray, *, seq_len: int, batch_size: int
         process_index=jax.process_index(), process_count=jax.process_count())
     put = functools.partial(sharding.global_batch, mesh=setup.mesh, sharding=setup.eval_batch_sharding)
     out, nbytes = [], 0
-    for batch, weights, index in batches(tokens, win, batch_size=batch_size, **procs):
-        if doc_ends is not None:
+    for i, (batch, weights, index) in enumerate(batches(tokens, win, batch_size=batch_size, **procs)):
+        chosen = win.index[i * batch_size:(i + 1) * batch_size]  # the global batch's: all processes agree
+        packed = doc_ends is not None and _crosses_documents(win, chosen, doc_ends, setup.model_cfg.family)
+        if packed:
             batch, weights = _within_documents(batch, weights, index, win, doc_ends, setup.model_cfg.family)
         # One batch in flight at a time: independent multi-device programs queued together can
         # reach their all-reduces in different orders on different devices (XLA:CPU deadlocked
         # on a whole-split eval over 8 devices).
         out.append(jax.block_until_ready(setup.eval_step(params, put(batch), put(weights), put(index))))
-        nbytes += _local_bytes(batch["tokens"] if doc_ends is not None else batch, weights, token_bytes)
+        nbytes += _local_bytes(batch["tokens"] if packed else batch, weights, token_bytes)
     loss_B, count_B, correct_B, loss_L, count_L = zip(*jax.device_get(out))
     rows = len(win.index)  # the rest are padding
     per_row = [np.concatenate(x, axis=-1)[..., :rows] for x in (loss_B, count_B, correct_B)]
@@ -215,6 +219,20 @@ def evaluate(setup, params, tokens: np.ndarray, *, seq_len: int, batch_size: int
     if setup.replicas == 1:
         return one(0)
     return combine_replicas([one(k) for k in range(setup.replicas)])
+
+
+def _crosses_documents(win: Windows, chosen: np.ndarray, doc_ends, family: str) -> bool:
+    """Whether windows `chosen` reach over a document boundary where it matters: the decoder's
+    inputs and targets (what follows the split's end is never attended), the encoder's inputs,
+    which attend both ways (the plain path's padding past the split's end counts too)."""
+    first = chosen * win.stride
+    if family == "encoder":
+        last = first + win.seq_len - 1
+        if np.any(last >= win.n):
+            return True
+    else:
+        last = np.minimum(first + win.seq_len, win.n - 1)
+    return bool(np.any(packing.document_index(first, doc_ends) != packing.document_index(last, doc_ends)))
 
 
 def _within_documents(tokens, weights, index, win: Windows, doc_ends, family: str):
