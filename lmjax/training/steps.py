@@ -175,6 +175,15 @@ def make_setup(config, *, vocab_size: int, mesh: Mesh) -> Setup:
                  batch_sharding=batch, eval_batch_sharding=eval_batch)
 
 
+def apply_model(model: nn.Module, params, inputs_BL, batch_BL1, **kw):
+    """The model on inputs_BL, attending within the batch's input segments if it is packed (only
+    the Transformer families take segments)."""
+    segments_BL = objectives.input_segments(batch_BL1)
+    if segments_BL is not None:
+        kw["segments_BL"] = segments_BL
+    return model.apply({"params": params}, inputs_BL, **kw)
+
+
 def make_train_step(model: nn.Module, optimizer, train_cfg):
     """Returns the pure `train_step(state, batch, seed) -> (state, metrics)`.
 
@@ -192,8 +201,8 @@ def make_train_step(model: nn.Module, optimizer, train_cfg):
     def loss_sums(params, batch_BL1, rng, objective_key):
         """(summed target losses, summed target weights) of a batch."""
         inputs_BL, targets_BL, weights_BL = objective(batch_BL1, objective_key)
-        out = model.apply({"params": params}, inputs_BL, segments_BL=objectives.input_segments(batch_BL1),
-                          train=True, rngs={"dropout": rng}, logits=not train_cfg.loss_chunk)
+        out = apply_model(model, params, inputs_BL, batch_BL1, train=True, rngs={"dropout": rng},
+                          logits=not train_cfg.loss_chunk)
         if train_cfg.loss_chunk:  # a plain batch's weights are all ones
             packed_weights = weights_BL if isinstance(batch_BL1, dict) else None
             return chunked_cross_entropy(out, unembedding_VD(model.cfg, params), targets_BL,
@@ -264,7 +273,7 @@ def make_eval_step(model: nn.Module):
     def eval_step(params, batch_BL1, weights_BL, windows_B, seed):
         inputs_BL, targets_BL, weights_BL = jax.vmap(row_objective, in_axes=(0, 0, 0, None))(
             batch_BL1, weights_BL, windows_B, seed)
-        logits_BLV = model.apply({"params": params}, inputs_BL, segments_BL=objectives.input_segments(batch_BL1))
+        logits_BLV = apply_model(model, params, inputs_BL, batch_BL1)
         losses_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, targets_BL) * weights_BL
         correct_BL = (jnp.argmax(logits_BLV, axis=-1) == targets_BL) * weights_BL
         return (jnp.sum(losses_BL, axis=1), jnp.sum(weights_BL, axis=1), jnp.sum(correct_BL, axis=1),
