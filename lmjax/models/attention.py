@@ -16,13 +16,21 @@ Softmax attention has three kernels, chosen by `implementation` (config.model.at
   'xla':    jax.nn.dot_product_attention(implementation=None), XLA's own lowering.
   'cudnn':  jax.nn.dot_product_attention(implementation='cudnn'): cuDNN flash attention on NVIDIA
             GPUs (bfloat16/float16 only). Decode steps against a cache (where `is_causal`'s top-left
-            alignment is wrong) use the explicit-mask XLA path instead.
+            alignment is wrong) and rows of packed documents use the explicit-mask XLA path
+            instead: the public API turns a boolean mask into a dense [B, 1, T, S] bias for cuDNN
+            (and fails on a broadcast one, jax issue #28974); packed-sequence offsets exist only in
+            jax's private cudnn module.
   'auto':   `auto_implementation`: 'cudnn' on an NVIDIA GPU where the dtype and head dim allow,
             'einsum' elsewhere.
 Measured: on a 2-core CPU, 'einsum' and 'xla' train steps were equal within noise (4 layers, width
 256, seq 128); on an H100, bfloat16, B=8 T=2048 H=16 E=64, forward + backward took 8.0 ms
 (einsum), 8.9 ms (xla), 1.2 ms (cudnn; 0.9 ms with window 256), cudnn agreeing with einsum to
 bfloat16 rounding for mha/mqa/gqa, windows and ALiBi.
+
+Segment ids (`segments_BS`, packed documents; never when decoding): a query attends only to keys
+of its own segment, on top of the causal/window mask, so the mask becomes per row [B, T, S].
+Padding (segment 0) attends to padding only. ALiBi needs nothing more: within a segment the
+distance between absolute positions is the distance between in-document positions.
 
 Shapes: B batch, T query length, S key length (the whole cache when decoding), H query heads,
 K key/value heads (K divides H), G = H // K query heads per kv head, E head dim, C chunk length.
@@ -91,6 +99,11 @@ def attention_mask(T: int, S: int, *, q_offset, kv_length, window: int = 0,
     return mask_TS
 
 
+def segment_mask(segments_BS) -> jax.Array:
+    """[B, S, S] bool: True where query and key (positions of one sequence) share a segment."""
+    return segments_BS[:, :, None] == segments_BS[:, None, :]
+
+
 def alibi_slopes(num_heads: int) -> list[float]:
     """ALiBi's per-head slopes (Press et al. 2022): 2^(-8h/n) for h = 1..n when n is a power of
     two; otherwise the slopes of the nearest smaller power of two n0, then every other slope of
@@ -112,25 +125,29 @@ def alibi_bias(num_heads: int, T: int, S: int, *, q_offset) -> jax.Array:
 
 def softmax_attention(q_BTHE, k_BSKE, v_BSKE, *, q_offset, kv_length, window: int = 0,
                       alibi: bool = False, implementation: str = "einsum", causal: bool = True,
-                      block_rows: int | None = None, max_blocks: int | None = None):
+                      block_rows: int | None = None, max_blocks: int | None = None, segments_BS=None):
     """Causal (optionally sliding-window, optionally ALiBi-biased) softmax attention.
 
     Handles K < H kv heads by grouping query heads rather than repeating keys, so the same function
     serves multi-head, multi-query and grouped-query attention. Scores and softmax are float32.
     causal=False: bidirectional (the encoder). block_rows / max_blocks: the einsum kernel's
-    causal blocks (see `causal_blocks`).
+    causal blocks (see `causal_blocks`). segments_BS: int segment ids of a whole sequence (T == S);
+    attention stays within each segment.
     """
     impl = resolve_implementation(implementation, q_BTHE.dtype, q_BTHE.shape[-1])
     if impl != "einsum":
         return _dot_product_attention(q_BTHE, k_BSKE, v_BSKE, q_offset=q_offset, kv_length=kv_length,
-                                      window=window, alibi=alibi, implementation=impl, causal=causal)
+                                      window=window, alibi=alibi, implementation=impl, causal=causal,
+                                      segments_BS=segments_BS)
     T, S = q_BTHE.shape[1], k_BSKE.shape[1]
     mask_TS = attention_mask(T, S, q_offset=q_offset, kv_length=kv_length, window=window, causal=causal)
+    # With segments one mask per row, [B, 1, 1, T, S]: broadcast over the kernel's [K, G] head axes.
+    mask = mask_TS if segments_BS is None else (mask_TS[None] & segment_mask(segments_BS))[:, None, None]
     bias_HTS = alibi_bias(q_BTHE.shape[2], T, S, q_offset=q_offset) if alibi else None
     blocks = causal_blocks(T, S, q_offset=q_offset, kv_length=kv_length,
                            block_rows=block_rows or CAUSAL_BLOCK_ROWS,
                            max_blocks=max_blocks or CAUSAL_BLOCKS_MAX) if causal else [(0, T, S)]
-    outs = [_einsum_attention(q_BTHE[:, t0:t1], k_BSKE[:, :s1], v_BSKE[:, :s1], mask_TS[t0:t1, :s1],
+    outs = [_einsum_attention(q_BTHE[:, t0:t1], k_BSKE[:, :s1], v_BSKE[:, :s1], mask[..., t0:t1, :s1],
                               None if bias_HTS is None else bias_HTS[:, t0:t1, :s1])
             for t0, t1, s1 in blocks]
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
@@ -162,7 +179,8 @@ def causal_blocks(T: int, S: int, *, q_offset, kv_length, block_rows: int = CAUS
     return [(T * i // n, T * (i + 1) // n, T * (i + 1) // n) for i in range(n)]
 
 
-def _einsum_attention(q_BTHE, k_BSKE, v_BSKE, mask_TS, bias_HTS):
+def _einsum_attention(q_BTHE, k_BSKE, v_BSKE, mask, bias_HTS):
+    """mask: [T, S], or per row [B, 1, 1, T, S] (segments)."""
     B, T, H, E = q_BTHE.shape
     S, K = k_BSKE.shape[1], k_BSKE.shape[2]
     # Head-major operands, so each (batch, head) dot reads contiguous [T, E] / [S, E] blocks:
@@ -175,31 +193,34 @@ def _einsum_attention(q_BTHE, k_BSKE, v_BSKE, mask_TS, bias_HTS):
     ) * E**-0.5
     if bias_HTS is not None:
         scores_BKGTS += bias_HTS.reshape(1, K, H // K, T, S)
-    scores_BKGTS = jnp.where(mask_TS, scores_BKGTS, MASK_VALUE)
+    scores_BKGTS = jnp.where(mask, scores_BKGTS, MASK_VALUE)
     probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(v_BSKE.dtype)
     out_BKGTE = jnp.einsum("bkgts,bksd->bkgtd", probs_BKGTS, v_BKSE)
     return out_BKGTE.transpose(0, 3, 1, 2, 4).reshape(B, T, H, E)
 
 
 def _dot_product_attention(q_BTHE, k_BSKE, v_BSKE, *, q_offset, kv_length, window: int,
-                           alibi: bool, implementation: str, causal: bool = True):
+                           alibi: bool, implementation: str, causal: bool = True, segments_BS=None):
     """softmax_attention through jax.nn.dot_product_attention (GQA, windows and bias built in)."""
     B, T, H, E = q_BTHE.shape
     S = k_BSKE.shape[1]
     # float32, as XLA adds it to float32 logits (cuDNN below wants the input dtype).
     bias_1HTS = alibi_bias(H, T, S, q_offset=q_offset)[None] if alibi else None
     # Self-attention over a whole sequence: the built-in (top-left aligned) causal mask is right.
-    if whole_sequence(T, S, q_offset, kv_length):
+    if whole_sequence(T, S, q_offset, kv_length) and segments_BS is None:
         if implementation == "cudnn" and bias_1HTS is not None:
             bias_1HTS = bias_1HTS.astype(q_BTHE.dtype)
         return jax.nn.dot_product_attention(
             q_BTHE, k_BSKE, v_BSKE, bias_1HTS, is_causal=causal,
             local_window_size=(window - 1, 0) if window > 0 else None,
             implementation="cudnn" if implementation == "cudnn" else None)
-    # Against a cache: queries sit at q_offset.., so the mask must be explicit (XLA path).
+    # Against a cache (queries sit at q_offset..) or within segments: an explicit mask (XLA path).
     mask_11TS = attention_mask(T, S, q_offset=q_offset, kv_length=kv_length,
                                window=window, causal=causal)[None, None]
-    return jax.nn.dot_product_attention(q_BTHE, k_BSKE, v_BSKE, bias_1HTS, mask_11TS)
+    if segments_BS is None:
+        return jax.nn.dot_product_attention(q_BTHE, k_BSKE, v_BSKE, bias_1HTS, mask_11TS)
+    mask_B1TS = mask_11TS & segment_mask(segments_BS)[:, None]
+    return jax.nn.dot_product_attention(q_BTHE, k_BSKE, v_BSKE, bias_1HTS, mask_B1TS)
 
 
 def elu_feature_map(x):

@@ -20,6 +20,12 @@ map, chunked causal scan). Positions (cfg.positions): 'rope' (rotary, on q and k
 (a max_len x D table added to the embeddings), 'sinusoidal' (fixed, added to the embeddings),
 'alibi' (per-head linear bias on softmax scores), 'none' (the causal mask only).
 
+Packed documents (segments_BL, int segment ids, 0 = padding): attention stays within each
+segment (still causal for the decoder, still windowed) and positions restart at 0 at each
+segment's first token, read from the same static tables at per-row positions (learned,
+sinusoidal, rope); ALiBi's distances within a segment need nothing more. Without segments the
+code path is the shared [T, S] mask and the static tables, as before. Decoding has no segments.
+
 KV cache (decode=True): collection 'cache' holds `cache_index` (int32 scalar, next position to
 write; the absolute position of the next token) at the top level and, in each attention layer,
   softmax attention: `cached_key`/`cached_value` [B, max_len, K, E] (only the K kv heads);
@@ -193,10 +199,27 @@ def sinusoidal_positions(pos_L, width: int):
     return (SINUSOID_SCALE * pe_LF2.reshape(pos_L.shape[0], 2 * half)[:, :width]).astype(np.float32)
 
 
+def segment_positions(segments_BL) -> jax.Array:
+    """int32 [B, L]: each token's position within its segment (0 at the segment's first token)."""
+    idx_L = jnp.arange(segments_BL.shape[1], dtype=jnp.int32)
+    starts_BL = jnp.concatenate([jnp.ones_like(segments_BL[:, :1], bool),
+                                 segments_BL[:, 1:] != segments_BL[:, :-1]], axis=1)
+    return idx_L - jax.lax.cummax(jnp.where(starts_BL, idx_L, 0), axis=1)
+
+
+def at_positions(table_L, pos_BL):
+    """A static per-position table ([L, ...]) as it is, or its rows at per-row positions [B, L]."""
+    return table_L if pos_BL is None else jnp.take(table_L, pos_BL, axis=0)
+
+
 def apply_rope(x_BLHE, sin_LF, cos_LF):
-    """Rotate pairs (x[i], x[i + E/2]) by position-dependent angles (GPT-NeoX/LLaMA layout)."""
+    """Rotate pairs (x[i], x[i + E/2]) by position-dependent angles (GPT-NeoX/LLaMA layout).
+    sin/cos: [L, E/2] shared by the rows, or [B, L, E/2] (positions within segments)."""
     x1, x2 = jnp.split(x_BLHE.astype(jnp.float32), 2, axis=-1)
-    sin, cos = sin_LF[None, :, None, :], cos_LF[None, :, None, :]
+    if sin_LF.ndim == 2:
+        sin, cos = sin_LF[None, :, None, :], cos_LF[None, :, None, :]
+    else:
+        sin, cos = sin_LF[:, :, None, :], cos_LF[:, :, None, :]
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x_BLHE.dtype)
 
 
@@ -204,7 +227,7 @@ class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BLD, rope, offset, decode: bool):
+    def __call__(self, x_BLD, rope, offset, decode: bool, segments_BL=None):
         cfg = self.cfg
         B, L, D = x_BLD.shape
         H, K, E = cfg.num_heads, cfg.kv_heads, cfg.head_dim
@@ -219,7 +242,8 @@ class Attention(nn.Module):
         else:
             k_BSKE, v_BSKE = (self._update_cache(k_BLKE, v_BLKE, offset) if decode
                               else (k_BLKE, v_BLKE))
-            out_BLHE = attend(cfg, q_BLHE, k_BSKE, v_BSKE, q_offset=offset, kv_length=offset + L)
+            out_BLHE = attend(cfg, q_BLHE, k_BSKE, v_BSKE, q_offset=offset, kv_length=offset + L,
+                              segments_BS=segments_BL)
         out_ND = dense(cfg, D, ("heads", "embed"), "out", _out_std(cfg), bias=cfg.bias)(
             out_BLHE.reshape(B * L, H * E))
         return out_ND.reshape(B, L, D)
@@ -253,14 +277,17 @@ class Attention(nn.Module):
         return out_BLHE
 
 
-def attend(cfg: ModelConfig, q_BLHE, k_BSKE, v_BSKE, *, q_offset, kv_length):
+def attend(cfg: ModelConfig, q_BLHE, k_BSKE, v_BSKE, *, q_offset, kv_length, segments_BS=None):
     """The attention core selected by cfg.attention, given the arguments each kernel uses."""
     if cfg.attention == "linear":
+        if segments_BS is not None:  # config.py refuses packing='documents' with it
+            raise LmjaxError("linear attention has no mask, so it cannot keep to segments (documents)")
         return linear_attention(q_BLHE, k_BSKE, v_BSKE, q_offset=q_offset, kv_length=kv_length,
                                 chunk=cfg.linear_chunk)
     return softmax_attention(q_BLHE, k_BSKE, v_BSKE, q_offset=q_offset, kv_length=kv_length,
                              window=cfg.window, alibi=cfg.positions == "alibi",
-                             implementation=cfg.attention_impl, causal=cfg.family != "encoder")
+                             implementation=cfg.attention_impl, causal=cfg.family != "encoder",
+                             segments_BS=segments_BS)
 
 
 class Mlp(nn.Module):
@@ -287,11 +314,11 @@ class Block(nn.Module):
     decode: bool = False
 
     @nn.compact
-    def __call__(self, x_BLD, rope, offset):
+    def __call__(self, x_BLD, rope, offset, segments_BL=None):
         cfg = self.cfg
         drop = nn.Dropout(cfg.dropout, deterministic=not self.train)
         x_BLD = x_BLD + drop(Attention(cfg, name="attn")(_norm(cfg, "attn_norm")(x_BLD), rope,
-                                                         offset, self.decode))
+                                                         offset, self.decode, segments_BL))
         x_BLD = x_BLD + drop(Mlp(cfg, name="mlp")(_norm(cfg, "mlp_norm")(x_BLD)))
         return nn.with_logical_constraint(x_BLD, ("batch", "length", "act_embed"))
 
@@ -304,11 +331,11 @@ REMAT_POLICIES = {
 }
 
 
-def _scan_step(block: Block, x_BLD, rope, offset):
-    return block(x_BLD, rope, offset), None
+def _scan_step(block: Block, x_BLD, rope, offset, segments_BL):
+    return block(x_BLD, rope, offset, segments_BL), None
 
 
-def run_blocks(cfg: ModelConfig, x_BLD, rope, offset, *, train: bool, decode: bool):
+def run_blocks(cfg: ModelConfig, x_BLD, rope, offset, *, train: bool, decode: bool, segments_BL=None):
     """The residual stream through cfg.num_layers blocks.
 
     Unrolled: params block_0..block_{N-1}, one traced copy per layer. With cfg.scan_layers one
@@ -320,12 +347,13 @@ def run_blocks(cfg: ModelConfig, x_BLD, rope, offset, *, train: bool, decode: bo
     block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat_policy]) if cfg.remat and not decode else Block
     if not cfg.scan_layers:
         for i in range(cfg.num_layers):
-            x_BLD = block(cfg, train, decode, name=f"block_{i}")(x_BLD, rope, offset)
+            x_BLD = block(cfg, train, decode, name=f"block_{i}")(x_BLD, rope, offset, segments_BL)
         return x_BLD
     scan = nn.scan(_scan_step, variable_axes={"params": 0, "cache": 0},
-                   split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast, nn.broadcast),
+                   split_rngs={"params": True, "dropout": True},
+                   in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
                    length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-    x_BLD, _ = scan(block(cfg, train, decode, name="blocks"), x_BLD, rope, offset)
+    x_BLD, _ = scan(block(cfg, train, decode, name="blocks"), x_BLD, rope, offset, segments_BL)
     return x_BLD
 
 
@@ -333,17 +361,21 @@ class Transformer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens_BL, *, train: bool = False, decode: bool = False, logits: bool = True):
+    def __call__(self, tokens_BL, *, segments_BL=None, train: bool = False, decode: bool = False,
+                 logits: bool = True):
         """float32 logits [B, L, V]. With decode=True (and mutable=['cache']) the tokens continue
         the sequence in the cache: they sit at positions cache_index..cache_index+L. With
         logits=False, the final-normed hidden states [B, L, D] instead, for a loss that projects
-        them itself (`unembedding_VD`)."""
+        them itself (`unembedding_VD`). segments_BL: int segment ids of packed documents (module
+        docstring)."""
         cfg = self.cfg
         B, L = tokens_BL.shape
         offset = 0
         if decode and cfg.family == "encoder":
             raise LmjaxError("the encoder family is a masked LM and does not sample or decode; "
                              "use run.fill('... [MASK] ...') or lmjax eval")
+        if decode and segments_BL is not None:
+            raise LmjaxError("decoding continues one sequence from its cache; it takes no segment ids")
         if decode:
             initialized = self.has_variable("cache", "cache_index")
             index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
@@ -354,20 +386,25 @@ class Transformer(nn.Module):
             raise LmjaxError(f"{L} tokens exceed the learned positions table of {cfg.max_len}; "
                              "feed at most max_len tokens")
         pos_L = offset + (np.arange(L) if isinstance(offset, int) else jnp.arange(L))
+        # Segments: each token reads the tables at its position within its segment.
+        pos_BL = None if segments_BL is None else segment_positions(segments_BL)
 
         embed_VD = embedding(self, cfg)
         x_BLD = jnp.take(embed_VD, tokens_BL, axis=0).astype(cfg.compute_dtype)
         if cfg.positions == "learned":
             pos_embed_LD = self.param("pos_embedding", param_init(0.02, ("length_pos", "embed_vocab")),
                                       (cfg.max_len, cfg.width), jnp.float32)
-            x_BLD = x_BLD + jnp.take(pos_embed_LD, pos_L, axis=0).astype(cfg.compute_dtype)
+            x_BLD = x_BLD + jnp.take(pos_embed_LD, pos_L if pos_BL is None else pos_BL,
+                                     axis=0).astype(cfg.compute_dtype)
         elif cfg.positions == "sinusoidal":
-            x_BLD = x_BLD + sinusoidal_positions(pos_L, cfg.width).astype(cfg.compute_dtype)
+            x_BLD = x_BLD + at_positions(sinusoidal_positions(pos_L, cfg.width), pos_BL).astype(cfg.compute_dtype)
         x_BLD = nn.Dropout(cfg.dropout, deterministic=not train)(x_BLD)
         x_BLD = nn.with_logical_constraint(x_BLD, ("batch", "length", "act_embed"))
-        rope = rope_sin_cos(pos_L, cfg.head_dim, cfg.rope_theta) if cfg.positions == "rope" else None
+        rope = None
+        if cfg.positions == "rope":
+            rope = tuple(at_positions(t, pos_BL) for t in rope_sin_cos(pos_L, cfg.head_dim, cfg.rope_theta))
 
-        x_BLD = run_blocks(cfg, x_BLD, rope, offset, train=train, decode=decode)
+        x_BLD = run_blocks(cfg, x_BLD, rope, offset, train=train, decode=decode, segments_BL=segments_BL)
         x_BLD = _norm(cfg, "final_norm")(x_BLD)
         if not logits:
             return x_BLD

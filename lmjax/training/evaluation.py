@@ -7,6 +7,14 @@ first `overlap` ones, which the window before scored (`overlap` > 0 only for mod
 context, the MLP LM: every scored target then gets its full context). The windows of the whole
 split score each of the targets 1..n-1 exactly once.
 
+Documents (config.data.packing='documents'; `evaluate(..., doc_ends=...)`): each window also
+carries its tokens' segment ids (lmjax/data/packing.py), so the model attends within documents
+and restarts positions at each one, and a next-token target counts only within its input's
+document: the first token of each document is not a target, so a whole-split evaluation scores
+every target except those. The encoder scores its masked positions as before (within documents).
+A batch whose windows each lie within one document takes the plain path: the same figures, and
+bitwise those of an evaluation without doc_ends (the per-row mask is rounded differently by XLA).
+
 A budget of m windows takes m of them spread evenly over the split (first and last included), so
 a periodic evaluation reads text from everywhere, not the first files. Which windows are scored
 depends on (n, seq_len, overlap, m) alone: not on the batch size, the device count or the process
@@ -30,7 +38,7 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 
-from lmjax.data import local_rows
+from lmjax.data import local_rows, packing
 from lmjax.errors import DataError
 
 
@@ -80,6 +88,11 @@ def windows(n: int, *, seq_len: int, overlap: int = 0, max_windows: int = 0) -> 
     return Windows(n, seq_len, overlap, index)
 
 
+def window_positions(index: np.ndarray, win: Windows) -> np.ndarray:
+    """int64 [B, L+1]: the split positions of windows `index` (padding rows, -1: window 0's)."""
+    return np.maximum(index, 0)[:, None] * win.stride + np.arange(win.seq_len + 1)
+
+
 def batches(tokens: np.ndarray, win: Windows, *, batch_size: int, process_index: int = 0,
             process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """This process's rows of each global batch of `win`'s windows: (tokens int32 [B_local, L+1],
@@ -93,7 +106,7 @@ def batches(tokens: np.ndarray, win: Windows, *, batch_size: int, process_index:
         chosen = win.index[first:first + batch_size]
         index[:len(chosen)] = chosen
         index = index[rows]
-        positions = np.maximum(index, 0)[:, None] * win.stride + np.arange(L + 1)
+        positions = window_positions(index, win)
         real = (positions < n) & (index[:, None] >= 0)
         batch = np.where(real, np.asarray(tokens[np.minimum(positions, n - 1)], dtype=np.int32), 0)
         scored = real[:, 1:] & ((index[:, None] == 0) | (np.arange(L) >= win.overlap))
@@ -165,11 +178,12 @@ def combine_replicas(per_replica: list[dict]) -> dict:
 
 
 def evaluate(setup, params, tokens: np.ndarray, *, seq_len: int, batch_size: int, max_windows: int,
-             token_bytes: np.ndarray) -> dict:
+             token_bytes: np.ndarray, doc_ends: np.ndarray | None = None) -> dict:
     """Validation figures of a neural model (a training Setup's jitted eval_step) over the windows
     `windows(len(tokens), max_windows=...)` picks; for the encoder, the masked-LM loss and accuracy
     over masks fixed per window. With replicas, each figure is the replicas' mean and
-    `<name>_replicas` lists them."""
+    `<name>_replicas` lists them. doc_ends (int64, ascending: the split's document ends): score
+    within documents (module docstring)."""
     from lmjax.models import eval_overlap
     from lmjax.training import sharding
 
@@ -181,12 +195,16 @@ def evaluate(setup, params, tokens: np.ndarray, *, seq_len: int, batch_size: int
         process_index=jax.process_index(), process_count=jax.process_count())
     put = functools.partial(sharding.global_batch, mesh=setup.mesh, sharding=setup.eval_batch_sharding)
     out, nbytes = [], 0
-    for batch, weights, index in batches(tokens, win, batch_size=batch_size, **procs):
+    for i, (batch, weights, index) in enumerate(batches(tokens, win, batch_size=batch_size, **procs)):
+        chosen = win.index[i * batch_size:(i + 1) * batch_size]  # the global batch's: all processes agree
+        packed = doc_ends is not None and _crosses_documents(win, chosen, doc_ends, setup.model_cfg.family)
+        if packed:
+            batch, weights = _within_documents(batch, weights, index, win, doc_ends, setup.model_cfg.family)
         # One batch in flight at a time: independent multi-device programs queued together can
         # reach their all-reduces in different orders on different devices (XLA:CPU deadlocked
         # on a whole-split eval over 8 devices).
         out.append(jax.block_until_ready(setup.eval_step(params, put(batch), put(weights), put(index))))
-        nbytes += _local_bytes(batch, weights, token_bytes)
+        nbytes += _local_bytes(batch["tokens"] if packed else batch, weights, token_bytes)
     loss_B, count_B, correct_B, loss_L, count_L = zip(*jax.device_get(out))
     rows = len(win.index)  # the rest are padding
     per_row = [np.concatenate(x, axis=-1)[..., :rows] for x in (loss_B, count_B, correct_B)]
@@ -201,6 +219,31 @@ def evaluate(setup, params, tokens: np.ndarray, *, seq_len: int, batch_size: int
     if setup.replicas == 1:
         return one(0)
     return combine_replicas([one(k) for k in range(setup.replicas)])
+
+
+def _crosses_documents(win: Windows, chosen: np.ndarray, doc_ends, family: str) -> bool:
+    """Whether windows `chosen` reach over a document boundary where it matters: the decoder's
+    inputs and targets (what follows the split's end is never attended), the encoder's inputs,
+    which attend both ways (the plain path's padding past the split's end counts too)."""
+    first = chosen * win.stride
+    if family == "encoder":
+        last = first + win.seq_len - 1
+        if np.any(last >= win.n):
+            return True
+    else:
+        last = np.minimum(first + win.seq_len, win.n - 1)
+    return bool(np.any(packing.document_index(first, doc_ends) != packing.document_index(last, doc_ends)))
+
+
+def _within_documents(tokens, weights, index, win: Windows, doc_ends, family: str):
+    """A batch of windows as packed rows {"tokens", "segments"} (padding rows: segment 0), and
+    its weights where next-token targets stay within their input's document (the encoder's
+    masked positions are its inputs: the objective keeps them where segments > 0)."""
+    stop_B = np.where(index >= 0, win.n, 0)
+    segments = packing.segment_ids(window_positions(index, win), doc_ends, stop_B)
+    if family != "encoder":
+        weights = weights * packing.target_weights(segments)
+    return {"tokens": tokens, "segments": segments}, weights
 
 
 def _local_bytes(batch: np.ndarray, weights: np.ndarray, token_bytes: np.ndarray) -> int:

@@ -144,10 +144,11 @@ def check_batch(batch_size: int, grad_accum: int, mesh: Mesh, process_count: int
         )
 
 
-def global_batch(local_batch: np.ndarray, mesh: Mesh, sharding: NamedSharding | None = None) -> jax.Array:
+def global_batch(local_batch, mesh: Mesh, sharding: NamedSharding | None = None):
     """Assemble each process's rows into one global array sharded over the batch axes (or
-    `sharding`: a Setup's batch_sharding)."""
+    `sharding`: a Setup's batch_sharding); a dict of arrays (packed documents' tokens and
+    segments) leaf by leaf, each sharded alike."""
     sharding = sharding or batch_sharding(mesh)
     if jax.process_count() == 1:
-        return jax.device_put(local_batch, sharding)
-    return jax.make_array_from_process_local_data(sharding, local_batch)
+        return jax.tree.map(lambda x: jax.device_put(x, sharding), local_batch)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
