@@ -113,28 +113,27 @@ def load_corpus_tokens(config):
     t = time.perf_counter()
     data = prepare(config.data)
     dt_s = time.perf_counter() - t
-    _log(f"corpus {config.data.corpus!r}: {len(data.train):,} train tokens "
+    _log(f"corpus {config.data.corpus!r}: {data.train_tokens:,} train tokens "
          f"({data.tokenizer.kind} vocab {data.tokenizer.vocab_size}) loaded in {dt_s:.2f} s")
     return data, dt_s
 
 
 def measure_data_iterator(data, config, mesh) -> dict:
-    """Tokens/s of the input pipeline as `train()` drives it: `train_batch` (random windows
-    gathered from the memory-mapped split) plus `global_batch` (the host-to-device transfer),
+    """Tokens/s of the input pipeline as `train()` drives it: `batches.batch` (random windows, or
+    packed rows, gathered from the memory-mapped shards) plus `global_batch` (the host-to-device transfer),
     synchronised, for DATA_MIN_SECONDS or DATA_MAX_BATCHES batches. The data must keep far ahead of
     the train step, or the accelerator waits on the host; this is the margin it has."""
     import jax
     import numpy as np
 
-    from lmjax.data import train_batch
+    from lmjax.data import batches
     from lmjax.training import sharding
 
     tc = config.train
 
     def one(step: int) -> tuple[float, float]:
         t0 = time.perf_counter()
-        local = train_batch(data.train, seed=tc.seed, step=step, batch_size=tc.batch_size,
-                            seq_len=tc.seq_len, process_index=0, process_count=1)
+        local = batches.batch(data, seed=tc.seed, step=step, batch_size=tc.batch_size, seq_len=tc.seq_len)
         t1 = time.perf_counter()
         jax.block_until_ready(sharding.global_batch(local, mesh))
         return t1 - t0, time.perf_counter() - t1
@@ -155,7 +154,7 @@ def measure_data_iterator(data, config, mesh) -> dict:
             "batch_s_median": float(np.median(np.add(host, transfer))),
             "train_batch_s_median": float(np.median(host)),
             "transfer_s_median": float(np.median(transfer)),
-            "train_tokens": len(data.train), "tokenizer": data.tokenizer.kind,
+            "train_tokens": data.train_tokens, "tokenizer": data.tokenizer.kind, "packing": data.packing,
             "vocab_size": data.tokenizer.vocab_size}
 
 
