@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_store import lmjax, store_files, write_jsonl
+from test_store import jsonl_corpus, lmjax, prepare_args, store_files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,10 +22,7 @@ def launch(n: int, port: int, logs: Path, *cmd: str) -> subprocess.CompletedProc
 
 
 def test_two_processes_prepare_one_store(tmp_path):
-    for i in range(6):
-        write_jsonl(tmp_path / "c" / f"{i}.jsonl", 300, start=300 * i)
-    args = ["prepare", f"--config.data.corpus={tmp_path / 'c'}", "--config.data.tokenizer=bpe",
-            "--config.data.vocab_size=300", "--workers=1"]
+    args = prepare_args(jsonl_corpus(tmp_path / "c", 6, 300), "bpe", "--workers=1")
     one = lmjax(*args, f"--config.data.cache_dir={tmp_path / 'one'}")
     assert one.returncode == 0, one.stderr
     port = 21000 + os.getpid() % 20000

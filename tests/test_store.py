@@ -38,6 +38,18 @@ def write_jsonl(path: Path, n: int, start: int = 0) -> Path:
     return path
 
 
+def jsonl_corpus(folder: Path, files: int, per_file: int) -> Path:
+    """`files` JSONL files of `per_file` records each, numbered on across them."""
+    for i in range(files):
+        write_jsonl(folder / f"{i:02d}.jsonl", per_file, start=per_file * i)
+    return folder
+
+
+def prepare_args(corpus: Path, tokenizer: str, *extra: str) -> list[str]:
+    return ["prepare", f"--config.data.corpus={corpus}", f"--config.data.tokenizer={tokenizer}",
+            "--config.data.vocab_size=300", *extra]
+
+
 def store_files(folder: str) -> dict[str, bytes]:
     """Every shard and the manifest's content less its timings: what must be bitwise equal."""
     out = {}
@@ -117,9 +129,7 @@ def test_reopening_reads_no_corpus_byte_and_notices_changes(tmp_path, monkeypatc
 
 
 def test_store_is_the_same_whatever_the_workers_and_pieces(tmp_path):
-    for i in range(6):
-        write_jsonl(tmp_path / "c" / f"{i}.jsonl", 200, start=200 * i)
-    corpus = src.find_corpus(str(tmp_path / "c"))
+    corpus = src.find_corpus(str(jsonl_corpus(tmp_path / "c", 6, 200)))
     opts = src.ReadOptions()
     tok = dataset_lib.build_tokenizer("byte")
     one = store_lib.build_store(str(tmp_path / "one"), corpus, opts, tok, workers=1)
@@ -138,10 +148,7 @@ def test_store_is_the_same_whatever_the_workers_and_pieces(tmp_path):
 def test_killed_or_out_of_disk_prepare_resumes_to_the_same_store(tmp_path):
     """SIGKILL after some pieces, then a full disk, then the same command: the store equals an
     uninterrupted build's, and nothing half-written is ever read."""
-    for i in range(24):
-        write_jsonl(tmp_path / "c" / f"{i:02d}.jsonl", 2500, start=2500 * i)
-    args = ["prepare", f"--config.data.corpus={tmp_path / 'c'}", "--config.data.tokenizer=sentencepiece",
-            "--config.data.vocab_size=300", "--workers=1"]
+    args = prepare_args(jsonl_corpus(tmp_path / "c", 24, 2500), "sentencepiece", "--workers=1")
     clean = lmjax(*args, f"--config.data.cache_dir={tmp_path / 'clean'}")
     assert clean.returncode == 0, clean.stderr
     clean_store = json.loads(clean.stdout.splitlines()[-1])["store"]
@@ -267,8 +274,7 @@ def test_ray_tasks_build_the_same_store(tmp_path):
     pytest.importorskip("ray")
     import socket
 
-    for i in range(3):
-        write_jsonl(tmp_path / "c" / f"{i}.jsonl", 600, start=600 * i)
+    corpus = jsonl_corpus(tmp_path / "c", 3, 600)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -277,8 +283,7 @@ def test_ray_tasks_build_the_same_store(tmp_path):
                            "--include-dashboard=false", "--disable-usage-stats"], capture_output=True, text=True)
     assert head.returncode == 0, head.stderr
     try:
-        args = ["prepare", f"--config.data.corpus={tmp_path / 'c'}", "--config.data.tokenizer=bpe",
-                "--config.data.vocab_size=300"]
+        args = prepare_args(corpus, "bpe")
         remote = lmjax(*args, f"--config.data.cache_dir={tmp_path / 'ray'}", f"--ray=127.0.0.1:{port}")
         assert remote.returncode == 0, remote.stderr
         local = lmjax(*args, f"--config.data.cache_dir={tmp_path / 'local'}", "--workers=1")
