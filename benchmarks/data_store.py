@@ -1,7 +1,7 @@
 """Token stores at scale: `lmjax prepare` on synthetic .jsonl.zst corpora, then training on them.
 
     python -m benchmarks.data_store [--sizes_gb 1,10] [--tokenizers byte,bpe,sentencepiece]
-        [--vocab_size 8192] [--tmp DIR] [--label ...] [--no_append]
+        [--vocab_size 8192] [--one_worker_gb SIZES] [--tmp DIR] [--label ...] [--no_append]
 
 For each size a corpus of that many GB of text is generated from the Python standard library (its
 files as documents, cycled, each copy headed by its own comment line so no two documents are the
@@ -9,7 +9,7 @@ same) as .jsonl.zst shards under --tmp, and deleted at the end; nothing large is
 tokenizer:
 - the tokenizer's raw rate: `encode_batch` of the store's own batches in this one process, on the
   first 64 MB of the corpus's text (the limit a worker can reach);
-- `lmjax prepare --workers 1` (the smallest size only) and `--workers 2`: the store build's
+- `lmjax prepare --workers 1` (the smallest size, or --one_worker_gb) and `--workers 2`: the store build's
   seconds (the manifest's, tokenizer training apart), text MB/s per worker against the raw rate,
   and the peak resident memory of the process tree (the command and its workers, sampled every
   50 ms from /proc);
@@ -240,6 +240,8 @@ def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_list("tokenizers", ["byte", "bpe", "sentencepiece"], "Tokenizers to prepare with.",
                       flag_values=fv)
     flags.DEFINE_integer("vocab_size", 8192, "bpe and sentencepiece vocabulary.", flag_values=fv)
+    flags.DEFINE_list("one_worker_gb", None, "Sizes also prepared with one worker (default: the smallest; "
+                      "empty: none).", flag_values=fv)
     flags.DEFINE_string("tmp", tempfile.gettempdir(), "Where the corpora and stores go (deleted after).",
                         flag_values=fv)
     records.define_flags(fv)
@@ -283,7 +285,8 @@ def main(argv=None) -> dict:
         root = Path(tmp)
         stdlib = [train_probe("stdlib", root / "cache-stdlib", "concat", root / "run-stdlib")]
         padding = stdlib_padding(root / "cache-stdlib")
-        by_size = {f"{gb:g}": measure_size(gb, root, fv, gb == sizes[0]) for gb in sizes}
+        one = sizes[:1] if fv.one_worker_gb is None else [float(x) for x in fv.one_worker_gb if x]
+        by_size = {f"{gb:g}": measure_size(gb, root, fv, gb in one) for gb in sizes}
     fields = {"label": fv.label, "vocab_size": fv.vocab_size, "stdlib_train": stdlib,
               "stdlib_documents_padding": padding, "sizes": by_size,
               "command": "python -m benchmarks.data_store " + " ".join(argv)}
