@@ -214,9 +214,7 @@ def pipeline_rate(corpus: str, cache: Path, packing: str, steps: int = 200) -> d
     seconds = time.perf_counter() - t0
     out = {"packing": packing, "steps": steps, "tokens_per_s": steps * 32 * 128 / seconds}
     if packing == "documents":
-        from lmjax.data.packing import padding_fraction
-
-        out["padding_fraction"] = padding_fraction(*data.sources[0].train.row_plan(129), 129)
+        out["padding_fraction"] = data.sources[0].train.row_plan(129).padding_fraction
     return out
 
 
@@ -224,14 +222,12 @@ def stdlib_padding(cache: Path, seq_lens=(128, 1024)) -> dict:
     """documents packing's share of padding on the stdlib's training split, per seq_len."""
     from lmjax.config import DataConfig
     from lmjax.data import prepare
-    from lmjax.data.packing import padding_fraction
-
     split = prepare(DataConfig(corpus="stdlib", cache_dir=str(cache)), progress=False).sources[0].train
     out = {}
     for L in seq_lens:
-        starts, ends = split.row_plan(L + 1)
-        out[str(L)] = {"rows": len(starts), "documents": split.documents,
-                       "padding_fraction": padding_fraction(starts, ends, L + 1)}
+        plan = split.row_plan(L + 1)
+        out[str(L)] = {"rows": plan.num_rows, "documents": split.documents,
+                       "padding_fraction": plan.padding_fraction}
     return out
 
 

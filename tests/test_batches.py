@@ -69,14 +69,18 @@ def test_train_batch_edges_and_errors():
 
 def test_row_plan_packs_whole_documents_and_long_tails():
     doc_ends = np.array([3, 5, 15, 16, 20])  # lengths 3, 2, 10, 1, 4
-    starts, ends = packing.plan_rows(doc_ends, 4)
+    plan = packing.plan_rows(doc_ends, 4)
+    starts, ends = plan.all_rows()
     assert list(zip(starts.tolist(), ends.tolist())) == [(0, 3), (3, 5), (5, 9), (9, 13), (13, 16), (16, 20)]
-    assert packing.padding_fraction(starts, ends, 4) == pytest.approx(1 - 20 / 24)
+    assert plan.padding_fraction == pytest.approx(1 - 20 / 24) and len(plan.first) == 5  # one run of 2 rows
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 300, 500)
     doc_ends = np.cumsum(lengths)
     for row_len in (7, 64, 257):
-        starts, ends = packing.plan_rows(doc_ends, row_len)
+        plan = packing.plan_rows(doc_ends, row_len)
+        starts, ends = plan.all_rows()
+        picked = np.array([0, plan.num_rows - 1, plan.num_rows // 2])
+        assert np.array_equal(np.stack(plan.rows(picked)), np.stack([starts[picked], ends[picked]]))
         assert starts[0] == 0 and ends[-1] == doc_ends[-1] and np.all(starts[1:] == ends[:-1])  # every token once
         assert np.all(ends - starts <= row_len) and np.all(ends > starts)
         # A row starts where a document starts, or inside one longer than a row; a document that
@@ -107,7 +111,8 @@ def test_documents_batches_keep_documents_apart(tmp_path):
     assert all(np.array_equal(b[k], batches.batch(data, **args)[k]) for k in b)  # a pure function
     parts = [batches.batch(data, **args, process_index=p, process_count=2) for p in (0, 1)]
     assert all(np.array_equal(np.concatenate([p[k] for p in parts]), b[k]) for k in b)
-    starts, ends = split.row_plan(65)
+    plan = split.row_plan(65)
+    starts, ends = plan.all_rows()
     rows = np.random.default_rng([3, 11]).integers(0, len(starts), 8)  # rows drawn as windows are
     for tokens, segments, r in zip(b["tokens"], b["segments"], rows):
         n = ends[r] - starts[r]
@@ -118,8 +123,7 @@ def test_documents_batches_keep_documents_apart(tmp_path):
         assert np.array_equal(segments[:n], doc - doc[0] + 1)  # a segment per document
         for s in np.unique(segments[:n])[:-1]:  # every segment but the last ends with eod
             assert tokens[:n][segments[:n] == s][-1] == eod
-    pad = packing.padding_fraction(starts, ends, 65)
-    assert 0 < pad < 0.5 and np.all(np.diff(starts) > 0)
+    assert 0 < plan.padding_fraction < 0.5 and np.all(np.diff(starts) > 0)
 
 
 def test_mixture_rows_follow_the_weights(tmp_path):

@@ -56,8 +56,7 @@ def window_starts(tokens, rng, count: int, seq_len: int) -> np.ndarray:
 
 def document_rows(split, rows_B: np.ndarray, seq_len: int) -> dict:
     """Packed rows `rows_B` of `split`: {"tokens", "segments"}, int32 [B, seq_len + 1]."""
-    starts, ends = split.row_plan(seq_len + 1)
-    start_B, end_B = starts[rows_B], ends[rows_B]
+    start_B, end_B = split.row_plan(seq_len + 1).rows(rows_B)
     positions = start_B[:, None] + np.arange(seq_len + 1)
     real = positions < end_B[:, None]
     n = len(split.tokens)
@@ -88,7 +87,7 @@ def batch(data, *, seed: int, step: int, batch_size: int, seq_len: int, process_
     for i, (source, count) in enumerate(zip(data.sources, counts)):
         rng = np.random.default_rng([seed, step, i] if data.mixture else [seed, step])
         if data.packing == "documents":
-            picks.append(rng.integers(0, len(source.train.row_plan(seq_len + 1)[0]), size=count))
+            picks.append(rng.integers(0, source.train.row_plan(seq_len + 1).num_rows, size=count))
         else:
             picks.append(window_starts(source.train.tokens, rng, count, seq_len))
         which.append(np.full(count, i))

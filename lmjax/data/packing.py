@@ -13,10 +13,15 @@ nothing is predicted across a document boundary.
 fit in document order: a document longer than R fills whole rows from its start, and its tail,
 like every shorter document, goes into the current row if it fits there, else starts the next
 row (the rest of the current one is padding). Each row is therefore one contiguous range
-[start, end) of the split, and the plan is those two arrays: a pure function of (doc_ends, R).
+[start, end) of the split, and the plan (`RowPlan`) is a pure function of (doc_ends, R), kept as
+runs of equal rows (a long document's whole rows are one run), so it takes memory per document,
+not per row.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import functools
 
 import numpy as np
 
@@ -41,31 +46,59 @@ def target_weights(segments_BL1: np.ndarray) -> np.ndarray:
     return ((inputs == targets) & (targets > 0)).astype(np.float32)
 
 
-def plan_rows(doc_ends: np.ndarray, row_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, ends), int64 [num_rows]: the rows of `documents` packing (module docstring)."""
-    starts, ends = [], []
-    row_start, row_end = 0, 0  # the open row: [row_start, row_end), empty when equal
-    doc_start = 0
-    for doc_end in doc_ends.tolist():
-        s = doc_start
-        while doc_end - s > row_len:  # whole rows from a long document's start
-            if row_end > row_start:
-                starts.append(row_start), ends.append(row_end)
-            starts.append(s), ends.append(s + row_len)
-            s += row_len
-            row_start = row_end = s
-        if row_end - row_start + doc_end - s > row_len:  # does not fit: close the open row
-            starts.append(row_start), ends.append(row_end)
-            row_start = s
-        elif row_end == row_start:
-            row_start = s
-        row_end = doc_end
-        doc_start = doc_end
-    if row_end > row_start:
-        starts.append(row_start), ends.append(row_end)
-    return np.asarray(starts, np.int64), np.asarray(ends, np.int64)
+@dataclasses.dataclass(frozen=True)
+class RowPlan:
+    """Rows as runs: run k is count[k] rows of size[k] tokens, from first[k] on."""
+
+    first: np.ndarray  # int64 [runs]
+    size: np.ndarray
+    count: np.ndarray
+    row_len: int
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.count.sum())
+
+    @functools.cached_property
+    def _before(self) -> np.ndarray:
+        return np.cumsum(self.count) - self.count  # rows ahead of each run
+
+    def rows(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, ends) of rows `index`."""
+        before = self._before
+        k = np.searchsorted(before, index, side="right") - 1
+        starts = self.first[k] + (index - before[k]) * self.size[k]
+        return starts, starts + self.size[k]
+
+    def all_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.rows(np.arange(self.num_rows))
+
+    @property
+    def padding_fraction(self) -> float:
+        """Share of the row slots that are padding."""
+        return float(1.0 - (self.size * self.count).sum() / max(self.num_rows * self.row_len, 1))
 
 
-def padding_fraction(starts: np.ndarray, ends: np.ndarray, row_len: int) -> float:
-    """Share of the plan's row slots that are padding."""
-    return float(1.0 - (ends - starts).sum() / max(len(starts) * row_len, 1))
+def plan_rows(doc_ends: np.ndarray, row_len: int) -> RowPlan:
+    """The rows of `documents` packing (module docstring): one pass over the documents in Python
+    (next fit is sequential)."""
+    doc_ends = np.asarray(doc_ends, np.int64)
+    lengths = np.diff(doc_ends, prepend=0)
+    whole = np.maximum(0, -(-(lengths - row_len) // row_len))  # rows filled from each start
+    tails = (doc_ends - lengths + whole * row_len).tolist()  # where each document's packed part starts
+    first, size, count = [], [], []
+    open_start = open_end = 0  # the open row [open_start, open_end), empty when equal
+    for tail, end, n in zip(tails, doc_ends.tolist(), whole.tolist()):
+        if n or open_end - open_start + end - tail > row_len:  # whole rows first, or it does not fit
+            if open_end > open_start:
+                first.append(open_start), size.append(open_end - open_start), count.append(1)
+            if n:
+                first.append(tail - n * row_len), size.append(row_len), count.append(n)
+            open_start = tail
+        elif open_end == open_start:
+            open_start = tail
+        open_end = end
+    if open_end > open_start:
+        first.append(open_start), size.append(open_end - open_start), count.append(1)
+    as_array = functools.partial(np.asarray, dtype=np.int64)
+    return RowPlan(as_array(first), as_array(size), as_array(count), row_len)

@@ -120,7 +120,7 @@ class Split:
         """int64: every document's end offset in the split (read on first use: O(documents))."""
         return self.read_ends()
 
-    def row_plan(self, row_len: int) -> tuple[np.ndarray, np.ndarray]:
+    def row_plan(self, row_len: int) -> packing.RowPlan:
         """documents packing's rows (lmjax/data/packing.py), computed on first use."""
         if row_len not in self.plans:
             self.plans[row_len] = packing.plan_rows(self.doc_ends, row_len)
