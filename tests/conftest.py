@@ -15,6 +15,30 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Modules whose tests share a trained run (or a launched job) through a module-scoped fixture.
+# Under pytest-xdist's default `--dist load`, tests are handed out one by one, and every worker
+# that gets one of these tests trains the fixture's run again; each module here goes to one
+# worker instead, whole (the others are still handed out one by one). This replaces
+# `--dist loadgroup`, whose xdist_group marks pytest-xdist 3.8 cannot apply under pytest 9
+# (it renames `item._nodeid`, which pytest 9 no longer reads).
+ONE_WORKER_MODULES = {f"tests/{name}.py" for name in (
+    "test_cli", "test_fault_tolerance", "test_finetune", "test_hf", "test_launch", "test_replicas",
+    "test_training")}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "load":  # another --dist given: as asked
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesWhole(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER_MODULES else nodeid
+
+    return ModulesWhole(config, log)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory):
     """Token caches, the CPU peak figure and compiled programs go to one folder per test run
