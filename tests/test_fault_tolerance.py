@@ -52,6 +52,14 @@ def cli(*args, devices=1, timeout=300, **kw):
                           timeout=timeout, **kw)
 
 
+def in_process(capsys, *args):
+    """(exit status, stdout, stderr) of the command line's own entry point run in this process (8
+    devices): for guarantees about what a command does, not about a process that dies."""
+    code = cli_main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def error_lines(stderr: str) -> list[str]:
     """stderr's lines, less lmjax's notes on its own work (`lmjax: ...`: the re-execution with malloc
     tunables, ANNOUNCEMENT, and building a token store)."""
@@ -140,22 +148,25 @@ def checkpoint_steps(workdir):
 
 # --- 1. exact resumption after SIGKILL; 2. torn checkpoints -----------------------------------
 
-# Each family once, on one device or sharded over eight, one of them saving every step.
-@pytest.mark.parametrize("family, devices, checkpoint_every", [
-    ("decoder", 8, 1), ("lstm", 1, 4), ("encoder", 8, 4),
+# Each family once, on one device or sharded over eight, one of them saving every step. Kills land
+# at random steps 3 to steps - 5: saving every step, 16 steps keep 3 of 16 checkpoints and have a
+# save in flight at every kill; saving every 4 steps, 24 leave checkpoints to resume from behind
+# kills at steps 3-19 (the seeds' kills: 4 and 6; 3 and 9; 17 and 18).
+@pytest.mark.parametrize("family, devices, checkpoint_every, steps", [
+    ("decoder", 8, 1, 16), ("lstm", 1, 4, 24), ("encoder", 8, 4, 24),
 ])
-def test_sigkill_at_random_moments_then_resume_is_bitwise(tmp_path, family, devices, checkpoint_every):
+def test_sigkill_at_random_moments_then_resume_is_bitwise(tmp_path, family, devices, checkpoint_every, steps):
     """Killed twice at random steps (with checkpoint_every=1 every kill lands while an
     asynchronous save is in flight), each time after the killed process trained a step of its
     own, the same command finishes with the uninterrupted run's exact parameters, optimizer
     state and losses (the encoder's masks included), and the last 3 checkpoints kept."""
-    args = [*TINY, "--config.train.steps=24", f"--config.train.checkpoint_every={checkpoint_every}",
+    args = [*TINY, f"--config.train.steps={steps}", f"--config.train.checkpoint_every={checkpoint_every}",
             "--config.train.keep_checkpoints=3", f"--config.model.family={family}"]
     ref, work = tmp_path / "ref", tmp_path / "killed"
     proc = cli("train", *args, f"--workdir={ref}", devices=devices)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rng = random.Random(devices * 100 + checkpoint_every)
-    for kill_at in sorted(rng.sample(range(3, 20), 2)):
+    for kill_at in sorted(rng.sample(range(3, steps - 4), 2)):
         resume_at = max(checkpoint_steps(work), default=0)
         earlier_file = metrics_file_id(work)
         p = subprocess.Popen(command("train", *args, f"--workdir={work}"), env=env(devices),
@@ -169,7 +180,8 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise(tmp_path, family, devi
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert_bitwise_equal(full_state(work), full_state(ref))
     assert losses(work) == losses(ref)
-    assert checkpoint_steps(work) == checkpoint_steps(ref) == [24 - 2 * checkpoint_every, 24 - checkpoint_every, 24]
+    assert checkpoint_steps(work) == checkpoint_steps(ref) == [steps - 2 * checkpoint_every, steps - checkpoint_every,
+                                                               steps]
 
 
 def test_torn_checkpoint_is_ignored(tmp_path):
@@ -218,16 +230,16 @@ def test_preemption_signal_checkpoints_and_exits_zero(tmp_path):
 
 # --- 4. non-finite values ------------------------------------------------------------------------
 
-def test_nonfinite_halt_names_step_and_keeps_good_checkpoint(tmp_path):
-    good = cli("train", *TINY, "--config.train.steps=4", "--config.train.checkpoint_every=4",
-               f"--workdir={tmp_path}")
-    assert good.returncode == 0
+def test_nonfinite_halt_names_step_and_keeps_good_checkpoint(tmp_path, capsys):
+    code, _, err = in_process(capsys, "train", *TINY, "--config.train.steps=4", "--config.train.checkpoint_every=4",
+                              f"--workdir={tmp_path}")
+    assert code == 0, err
     before = tree_digest(tmp_path / "checkpoints")
     # Same run, continued with an absurd learning rate: the loss goes NaN within a few steps.
-    proc = cli("train", *TINY, "--config.train.steps=40", "--config.train.checkpoint_every=1",
-               "--config.train.lr=1e12", f"--workdir={tmp_path}")
-    assert proc.returncode == 2
-    line = proc.stderr.strip().splitlines()[-1]
+    code, _, err = in_process(capsys, "train", *TINY, "--config.train.steps=40", "--config.train.checkpoint_every=1",
+                              "--config.train.lr=1e12", f"--workdir={tmp_path}")
+    assert code == 2
+    line = err.strip().splitlines()[-1]
     assert line.startswith("error: non-finite loss or gradients at step") and "Last good checkpoint" in line
     # Every checkpoint on disk is finite, and the one from the good run is untouched or kept.
     ckpt = Checkpointer(tmp_path, read_only=True)
@@ -238,12 +250,12 @@ def test_nonfinite_halt_names_step_and_keeps_good_checkpoint(tmp_path):
         assert tree_digest(tmp_path / "checkpoints") == before
 
 
-def test_nonfinite_skip_counts_then_halts(tmp_path):
-    proc = cli("train", *TINY, "--config.train.steps=40", "--config.train.lr=1e12",
-               "--config.train.nonfinite=skip", "--config.train.max_nonfinite=3",
-               "--config.train.warmup_steps=0", f"--workdir={tmp_path}")
-    assert proc.returncode == 2
-    assert "3 non-finite steps in a row" in proc.stderr.strip().splitlines()[-1]
+def test_nonfinite_skip_counts_then_halts(tmp_path, capsys):
+    code, _, err = in_process(capsys, "train", *TINY, "--config.train.steps=40", "--config.train.lr=1e12",
+                              "--config.train.nonfinite=skip", "--config.train.max_nonfinite=3",
+                              "--config.train.warmup_steps=0", f"--workdir={tmp_path}")
+    assert code == 2
+    assert "3 non-finite steps in a row" in err.strip().splitlines()[-1]
 
 
 # --- 5. bad input: one line, non-zero exit, no checkpoint touched ---------------------------------
@@ -309,7 +321,7 @@ def test_bad_train_input(trained, capsys, name, make_args, message):
 
 
 @pytest.mark.parametrize("where", ["under /proc", "a file"])
-def test_workdir_that_cannot_be_created(trained, tmp_path, where):
+def test_workdir_that_cannot_be_created(trained, tmp_path, capsys, where):
     """A workdir that cannot be created (or written) is one error line, not a traceback."""
     _, workdir = trained
     before = tree_digest(workdir / "checkpoints")
@@ -318,29 +330,31 @@ def test_workdir_that_cannot_be_created(trained, tmp_path, where):
         target.write_text("a file where the workdir should go")
     else:
         target = Path("/proc/lmjax-cannot-write")
-    proc = cli("train", *TINY, "--config.train.steps=2", f"--workdir={target}")
-    lines = error_lines(proc.stderr)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert len(lines) == 1 and lines[0].startswith(f"error: cannot create workdir {target}"), proc.stderr
+    code, _, err = in_process(capsys, "train", *TINY, "--config.train.steps=2", f"--workdir={target}")
+    lines = error_lines(err)
+    assert code == 2, err[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot create workdir {target}"), err
     assert "--workdir" in lines[0]
     assert tree_digest(workdir / "checkpoints") == before
 
 
-def test_corpus_changed_under_checkpoint_is_refused(tmp_path):
+def test_corpus_changed_under_checkpoint_is_refused(tmp_path, capsys):
     corpus = tmp_path / "c.txt"
     corpus.write_text("abcdefgh\n" * 2000)
     args = [*TINY, "--config.data.tokenizer=char", f"--config.data.corpus={corpus}",
             "--config.train.steps=2", "--config.train.checkpoint_every=2"]
-    assert cli("train", *args, f"--workdir={tmp_path / 'run'}").returncode == 0
+    code, _, err = in_process(capsys, "train", *args, f"--workdir={tmp_path / 'run'}")
+    assert code == 0, err
     corpus.write_text("abcdefghijklmnop\n" * 2000)  # a different character set
     before = tree_digest(tmp_path / "run" / "checkpoints")
-    proc = cli("train", *args[:-2], "--config.train.steps=4", f"--workdir={tmp_path / 'run'}")
-    lines = error_lines(proc.stderr)
-    assert proc.returncode == 2 and len(lines) == 1, proc.stderr  # the token store notices the file first
+    code, _, err = in_process(capsys, "train", *args[:-2], "--config.train.steps=4", f"--workdir={tmp_path / 'run'}")
+    lines = error_lines(err)
+    assert code == 2 and len(lines) == 1, err  # the token store notices the file first
     assert f"corpus file {corpus} changed since the token store was built; run `lmjax prepare --rebuild`" in lines[0]
-    assert cli("prepare", *args[:-2], "--rebuild").returncode == 0  # tokenized again: another tokenizer
-    proc = cli("train", *args[:-2], "--config.train.steps=4", f"--workdir={tmp_path / 'run'}")
-    assert proc.returncode == 2 and "tokenizer built from config.data differs" in proc.stderr
+    code, _, err = in_process(capsys, "prepare", *args[:-2], "--rebuild")  # tokenized again: another tokenizer
+    assert code == 0, err
+    code, _, err = in_process(capsys, "train", *args[:-2], "--config.train.steps=4", f"--workdir={tmp_path / 'run'}")
+    assert code == 2 and "tokenizer built from config.data differs" in err
     assert tree_digest(tmp_path / "run" / "checkpoints") == before
 
 
@@ -360,22 +374,22 @@ def test_corrupt_checkpoint(trained, tmp_path):
     assert tree_digest(copy / "checkpoints") == before
 
 
-def test_workdir_of_another_config_needs_force(trained, tmp_path):
+def test_workdir_of_another_config_needs_force(trained, tmp_path, capsys):
     _, workdir = trained
     copy = tmp_path / "run"
     shutil.copytree(workdir, copy)
-    proc = cli("train", *TINY, "--config.model.num_layers=3", "--config.train.steps=2",
-               f"--workdir={copy}", "--force")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code, _, err = in_process(capsys, "train", *TINY, "--config.model.num_layers=3", "--config.train.steps=2",
+                              f"--workdir={copy}", "--force")
+    assert code == 0, err[-2000:]
     aside = [p for p in copy.iterdir() if p.name.startswith("checkpoints.replaced-")]
     assert len(aside) == 1 and any(p.name.isdigit() for p in aside[0].iterdir())
 
 
-def test_prompt_longer_than_context(trained):
+def test_prompt_longer_than_context(trained, capsys):
     _, workdir = trained
-    proc = cli("sample", f"--workdir={workdir}", "--prompt=" + "x" * 100, "--max_new_tokens=5")
-    assert proc.returncode == 2
-    lines = error_lines(proc.stderr)
+    code, _, err = in_process(capsys, "sample", f"--workdir={workdir}", "--prompt=" + "x" * 100, "--max_new_tokens=5")
+    assert code == 2
+    lines = error_lines(err)
     assert len(lines) == 1 and "exceeds the model's context of 32" in lines[0]
 
 

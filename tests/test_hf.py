@@ -3,8 +3,6 @@ runs give transformers' logits and greedy tokens, random transformers models imp
 export then import is bitwise, and what neither layout expresses is refused with one line."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -162,8 +160,13 @@ def test_import_random_transformers_model(hf_dir, tmp_path):
     assert run.tokenizer.encode("héllo\n") .tolist() == list("héllo\n".encode())
 
 
-def lmjax_cli(*args):
-    return subprocess.run([sys.executable, "-m", "lmjax", *args], capture_output=True, text=True, cwd=REPO)
+def lmjax_cli(capsys, *args):
+    """(exit status, stdout, stderr) of the command line's own entry point, run in this process."""
+    from lmjax.cli.main import main
+
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def error_lines(stderr):
@@ -172,16 +175,21 @@ def error_lines(stderr):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("hf_dir", ["llama_gqa"], indirect=True)  # one layout through the CLI is enough
-def test_cli_import_then_eval_sample_train_then_finetune_export(hf_dir, tmp_path):
+def test_cli_import_then_eval_sample_train_then_finetune_export(hf_dir, tmp_path, capsys):
+    """Through the command line's own entry point, in this process (no start-up per command)."""
+    def cli(*args):
+        code, out, err = lmjax_cli(capsys, *args)
+        assert code == 0, err
+        return out
+
     out, model = hf_dir
     w = tmp_path / "run"
-    p = lmjax_cli("import", "--from", str(out), "--workdir", str(w), "--config.data.corpus=tinyshakespeare",
-                  "--config.train.steps=2", "--config.train.batch_size=8", "--config.train.eval_batches=1",
-                  "--config.train.checkpoint_every=2")
-    assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout.splitlines()[-1])["layout"] == "llama"
-    p = lmjax_cli("eval", "--workdir", str(w), "--batches", "1")
-    assert p.returncode == 0 and json.loads(p.stdout.splitlines()[-1])["step"] == 0, p.stderr
+    p = cli("import", "--from", str(out), "--workdir", str(w), "--config.data.corpus=tinyshakespeare",
+            "--config.train.steps=2", "--config.train.batch_size=8", "--config.train.eval_batches=1",
+            "--config.train.checkpoint_every=2")
+    assert json.loads(p.splitlines()[-1])["layout"] == "llama"
+    p = cli("eval", "--workdir", str(w), "--batches", "1")
+    assert json.loads(p.splitlines()[-1])["step"] == 0
     # `lmjax sample`'s decoding gives transformers' greedy tokens (top-2 logit gaps here: >= 0.013).
     # Token ids, not text: this random model's bytes do not decode to readable UTF-8.
     run = lmjax.load(w)
@@ -191,10 +199,15 @@ def test_cli_import_then_eval_sample_train_then_finetune_export(hf_dir, tmp_path
                                    min_new_tokens=8)[0, len(prompt):].numpy()
     greedy = generate(run.model_cfg, run.params, [prompt], max_new_tokens=8, temperature=0.0)[0]
     np.testing.assert_array_equal(greedy, hf_greedy)
-    p = lmjax_cli("train", "--config", f"configs/workdir.py:{w}", "--workdir", str(w), "--progress=false")
-    assert p.returncode == 0, p.stderr
+    cli("train", "--config", f"{REPO / 'configs' / 'workdir.py'}:{w}", "--workdir", str(w), "--progress=false")
     assert lmjax.load(w).step == 2  # continued pretraining from the imported step 0
-    finetune({"finetune": {"init": str(w), "steps": 1, "max_per_label": 10, "batch_size": 4}}, tmp_path / "cls")
+    # Fine-tuned on a small labelled file (the stdlib task, tested in test_finetune.py, would spend
+    # seconds tokenizing stdlib files with this run's tokenizer.json).
+    task = tmp_path / "task.jsonl"
+    task.write_text("".join(json.dumps({"text": f"text number {i} " * (i % 5 + 1), "label": "abc"[i % 3]}) + "\n"
+                            for i in range(60)))
+    finetune({"finetune": {"init": str(w), "task": str(task), "steps": 1, "batch_size": 4}}, tmp_path / "cls")
+    assert lmjax.load(tmp_path / "cls").labels == ("a", "b", "c")
     export_run(w, tmp_path / "again")
     again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "again", local_files_only=True)
     ids = np.arange(48)[None]
@@ -218,20 +231,20 @@ def test_layout_refuses_what_neither_layout_has(key, changes):
         layout_for(m)
 
 
-def test_cli_export_refusal_is_one_line_and_writes_nothing(tmp_path):
+def test_cli_export_refusal_is_one_line_and_writes_nothing(tmp_path, capsys):
     c = run_config("gpt2")
     c.model.positions = "sinusoidal"
     # Refused from the workdir's config.json, before any checkpoint is read.
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text(json.dumps(config_lib.resolve(c).to_dict()))
-    p = lmjax_cli("export", "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "hf"))
-    assert p.returncode == 2 and error_lines(p.stderr) == [
+    code, _, err = lmjax_cli(capsys, "export", "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "hf"))
+    assert code == 2 and error_lines(err) == [
         "error: config.model.positions='sinusoidal' cannot be exported: GPT-2 has learned positions and "
         "LLaMA rotary ones ('learned' or 'rope')"]
     assert not (tmp_path / "hf").exists()
 
 
-def test_import_refusals(tmp_path, hf_dir):
+def test_import_refusals(tmp_path, hf_dir, capsys):
     out, _ = hf_dir
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "config.json").write_text((out / "config.json").read_text())
@@ -247,8 +260,8 @@ def test_import_refusals(tmp_path, hf_dir):
     with pytest.raises(ConfigError, match="replicas=2: an import is one model"):
         import_dir(out, tmp_path / "w5", overrides={"train": {"replicas": 2}})
     assert not (tmp_path / "w5").exists()
-    p = lmjax_cli("import", "--from", str(tmp_path / "nothing"), "--workdir", str(tmp_path / "w4"))
-    assert p.returncode == 2 and len(error_lines(p.stderr)) == 1 and "config.json" in p.stderr
+    code, _, err = lmjax_cli(capsys, "import", "--from", str(tmp_path / "nothing"), "--workdir", str(tmp_path / "w4"))
+    assert code == 2 and len(error_lines(err)) == 1 and "config.json" in err
 
 
 def test_hf_tokenizer_keys_and_missing_file(tmp_path):

@@ -155,6 +155,11 @@ TINY = ["--config", "configs/default.py", "--config.data.corpus=tinyshakespeare"
         "--config.train.batch_size=8", "--config.train.seq_len=32", "--config.train.log_every=1",
         "--config.train.eval_every=6", "--config.train.eval_batches=2", "--config.train.checkpoint_every=3",
         "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2", "--progress=false"]
+# The job the two tests below share: long enough after its first checkpoints for a kill or a
+# preemption to land mid-run (steps take ~0.1 s).
+STEPS, EVERY = 40, 5
+JOB = [a for a in TINY if not a.startswith(("--config.train.steps", "--config.train.checkpoint_every"))] + [
+    f"--config.train.steps={STEPS}", f"--config.train.checkpoint_every={EVERY}"]
 
 
 def losses(workdir):
@@ -162,32 +167,51 @@ def losses(workdir):
     return np.array([r["loss"] for r in rows if "loss" in r])
 
 
-def test_two_processes_train_as_one(tmp_path):
+def no_xla_flags():
+    return {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+
+def launch(workdir, port, *args):
+    """launch/local.sh: two processes x 4 CPU devices training JOB in `workdir`."""
+    return ["bash", "launch/local.sh", "-n", "2", "-d", "4", "-p", str(port), "--", sys.executable, "-m",
+            "lmjax", "train", *JOB, *args, "--workdir", str(workdir)]
+
+
+@pytest.fixture(scope="module")
+def two_process_job(tmp_path_factory):
+    """(workdir, the launch's result, the token stores folder's entries) of JOB trained by two
+    processes. They start on an empty token cache: each builds its share of the store's pieces. (The
+    module's tests run on one pytest-xdist worker, conftest.ONE_WORKER_MODULES: the job is
+    launched once.)"""
+    root = tmp_path_factory.mktemp("job")
+    two = subprocess.run(launch(root / "two", 20000 + os.getpid() % 20000), capture_output=True, text=True,
+                         cwd=REPO, env={**no_xla_flags(), "LMJAX_CACHE_DIR": str(root / "cache")}, timeout=600)
+    logs = {k: (root / "two" / "logs" / f"process-{k}.log").read_text() for k in (0, 1)}
+    assert two.returncode == 0, two.stderr + logs[0][-2000:] + logs[1][-2000:]
+    return root / "two", two, list((root / "cache" / "stores").iterdir())
+
+
+def test_two_processes_train_as_one(two_process_job, tmp_path):
     """Two processes x 4 CPU devices (gloo collectives) follow the one-process 8-device run."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    one = subprocess.run([sys.executable, "-m", "lmjax", "train", *TINY, "--workdir", str(tmp_path / "one")],
+    workdir, two, stores = two_process_job
+    env = no_xla_flags()
+    one = subprocess.run([sys.executable, "-m", "lmjax", "train", *JOB, "--workdir", str(tmp_path / "one")],
                          capture_output=True, text=True, cwd=REPO,
                          env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
     assert one.returncode == 0, one.stderr[-2000:]
-    # The two processes start on an empty token cache: each builds its share of the store's pieces.
-    two = subprocess.run(["bash", "launch/local.sh", "-n", "2", "-d", "4", "-p", str(20000 + os.getpid() % 20000),
-                          "--", sys.executable, "-m", "lmjax", "train", *TINY, "--workdir", str(tmp_path / "two")],
-                         capture_output=True, text=True, cwd=REPO, env={**env, "LMJAX_CACHE_DIR": str(tmp_path / "cache")},
-                         timeout=600)
-    logs = {k: (tmp_path / "two" / "logs" / f"process-{k}.log").read_text() for k in (0, 1)}
-    assert two.returncode == 0, two.stderr + logs[0][-2000:] + logs[1][-2000:]
-    info = json.loads((tmp_path / "two" / "run.json").read_text())
+    info = json.loads((workdir / "run.json").read_text())
     assert (info["processes"], info["local_devices"], info["global_devices"]) == (2, 4, 8)
     # Same global batches, same mesh shape; the collectives run over gloo instead of inside one
-    # process, so sums may associate differently: float32 rounding (measured: 4.8e-7 at most
-    # over 6 steps of losses ~5.5), far under the 1e-5 relative allowed.
-    np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5)
+    # process, so sums may associate differently: float32 rounding (measured: 1.1e-7 at most
+    # over 40 steps of losses ~4-5.5), far under the 1e-5 relative allowed.
+    assert len(losses(workdir)) == STEPS
+    np.testing.assert_allclose(losses(workdir), losses(tmp_path / "one"), rtol=1e-5)
     assert "2 processes x 4 devices" in two.stdout
-    assert len(list((tmp_path / "cache" / "stores").iterdir())) == 1  # one store, no leftover builds
+    assert len(stores) == 1  # one store, no leftover builds
     assert sum(line.startswith("{") for line in two.stdout.splitlines()) == 1  # one final line
     # eval and sample under two processes: each restores its own copy, process 0 prints once.
-    for i, args in enumerate((["eval", "--workdir", str(tmp_path / "two")],
-                              ["sample", "--workdir", str(tmp_path / "two"), "--prompt", "ROMEO:",
+    for i, args in enumerate((["eval", "--workdir", str(workdir)],
+                              ["sample", "--workdir", str(workdir), "--prompt", "ROMEO:",
                                "--max_new_tokens", "8"])):
         r = subprocess.run(["bash", "launch/local.sh", "-n", "2", "-d", "4", "-p", str(20100 + i + os.getpid() % 20000),
                             "-l", str(tmp_path / f"logs-{args[0]}"), "--", sys.executable, "-m", "lmjax", *args],
@@ -195,7 +219,7 @@ def test_two_processes_train_as_one(tmp_path):
         assert r.returncode == 0, r.stderr
         if args[0] == "eval":
             (line,) = [line for line in r.stdout.splitlines() if line.startswith("{")]
-            assert json.loads(line)["step"] == 6
+            assert json.loads(line)["step"] == STEPS
         else:
             assert r.stdout.count("--- prompt: 'ROMEO:'") == 1
 
@@ -235,29 +259,32 @@ def children_with(env_var: str, value: str, root_pid: int) -> list[int]:
     return out
 
 
+def checkpoint_steps(workdir):
+    folder = workdir / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
+def wait_for_checkpoint(workdir, step, proc, deadline):
+    """Until `workdir` holds a complete checkpoint >= `step` (orbax renames it into place)."""
+    while max(checkpoint_steps(workdir), default=0) < step and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert max(checkpoint_steps(workdir), default=0) >= step, f"no checkpoint {step} ({proc.poll()})"
+
+
 @pytest.mark.slow
-def test_sigkill_and_sigterm_of_a_two_process_job_resume_exactly(tmp_path):
-    """Process 1 killed after the step-10 checkpoint: the job exits non-zero within 60 s (the
-    survivor notices through the heartbeat); the same command resumes, and the parameters end
-    bitwise equal to an uninterrupted two-process run's, restored in one process on one device.
-    Then SIGTERM to both (preemption): a common step saved, exit 0, and the next launch resumes."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    args = [a for a in TINY if not a.startswith(("--config.train.steps", "--config.train.checkpoint_every"))]
-    args += ["--config.train.steps=40", "--config.train.checkpoint_every=5"]
-
-    def launch(workdir, port):
-        return ["bash", "launch/local.sh", "-n", "2", "-d", "4", "-p", str(port), "--", sys.executable, "-m",
-                "lmjax", "train", *args, "--workdir", str(workdir)]
-
-    port = 21000 + os.getpid() % 20000
-    whole = subprocess.run(launch(tmp_path / "whole", port), capture_output=True, text=True, cwd=REPO, env=env,
-                           timeout=600)
-    assert whole.returncode == 0, whole.stderr
-    job = subprocess.Popen(launch(tmp_path / "cut", port + 1), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           text=True, cwd=REPO, env=env)
-    deadline = time.time() + 300
-    while not (tmp_path / "cut" / "checkpoints" / "10").exists() and time.time() < deadline:
-        time.sleep(0.2)
+def test_sigkill_and_sigterm_of_a_two_process_job_resume_exactly(two_process_job, tmp_path):
+    """Process 1 killed after the first checkpoint: the job exits non-zero within 60 s (the
+    survivor notices through the heartbeat). The same command resumes; SIGTERM to both processes
+    of that resumed job (preemption) after a checkpoint of its own: they save a common step and
+    exit 0. The next launch resumes from it, and the parameters end bitwise equal to the
+    uninterrupted two-process job's, each restored in one process on one device: both
+    resumptions were exact."""
+    whole, _, _ = two_process_job
+    env = {**no_xla_flags(), "LMJAX_CACHE_DIR": str(whole.parent / "cache")}  # the job's compiled programs
+    port, work, deadline = 21000 + os.getpid() % 20000, tmp_path / "cut", time.time() + 300
+    job = subprocess.Popen(launch(work, port), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           cwd=REPO, env=env)
+    wait_for_checkpoint(work, EVERY, job, deadline)
     victims = children_with("JAX_PROCESS_ID", "1", job.pid)
     assert victims, "process 1 not found"
     killed_at = time.time()
@@ -265,34 +292,28 @@ def test_sigkill_and_sigterm_of_a_two_process_job_resume_exactly(tmp_path):
     job.wait(timeout=120)
     assert job.returncode != 0 and time.time() - killed_at < 60
     assert "launch/local.sh: process 1 (pid" in job.stderr.read()  # the lost process, named
-    again = subprocess.run(launch(tmp_path / "cut", port + 2), capture_output=True, text=True, cwd=REPO,
-                           env=env, timeout=600)
-    assert again.returncode == 0, again.stderr
-    assert "resuming at step" in again.stdout
-    a, b = lmjax.load(tmp_path / "whole"), lmjax.load(tmp_path / "cut")  # each onto one device
-    assert a.step == b.step == 40
-    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)))
 
-    # Preemption: SIGTERM to both processes. They agree on a step, save it together, exit 0, and
-    # the next launch continues from it to the same parameters.
-    job = subprocess.Popen(launch(tmp_path / "term", port + 3), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, cwd=REPO, env=env)
-    while not (tmp_path / "term" / "checkpoints" / "10").exists() and time.time() < deadline + 300:
-        time.sleep(0.2)
+    # The same command resumes; preempted by SIGTERM to both processes once it saved a step of its
+    # own, they agree on a step, save it together and exit 0.
+    resumed = max(checkpoint_steps(work))
+    assert resumed < STEPS
+    job = subprocess.Popen(launch(work, port + 1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           cwd=REPO, env=env)
+    wait_for_checkpoint(work, resumed + EVERY, job, deadline + 300)
     for k in ("0", "1"):
         for pid in children_with("JAX_PROCESS_ID", k, job.pid)[-1:]:
             os.kill(pid, 15)
     out, err = job.communicate(timeout=300)
     assert job.returncode == 0, err
+    assert f"resuming at step {resumed}" in out
     final = json.loads(out.splitlines()[-1])  # process 0's one line
-    assert final["preempted"] and 10 <= final["step"] < 40
-    saved = sorted(int(p.name) for p in (tmp_path / "term" / "checkpoints").iterdir() if p.name.isdigit())
-    assert saved[-1] == final["step"]
-    again = subprocess.run(launch(tmp_path / "term", port + 4), capture_output=True, text=True, cwd=REPO,
-                           env=env, timeout=600)
+    assert final["preempted"] and resumed + EVERY <= final["step"] < STEPS
+    assert checkpoint_steps(work)[-1] == final["step"]
+    again = subprocess.run(launch(work, port + 2), capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     assert again.returncode == 0 and f"resuming at step {final['step']}" in again.stdout, again.stderr
-    c = lmjax.load(tmp_path / "term")
-    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params)))
+    a, b = lmjax.load(whole), lmjax.load(work)  # each onto one device
+    assert a.step == b.step == STEPS
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)))
 
 
 def test_distributed_without_a_job_is_one_line():
