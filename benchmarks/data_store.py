@@ -145,6 +145,7 @@ def raw_rate(store: str, corpus: str) -> dict:
     tok = tokenizer_from_json(json.loads(Path(store, "tokenizer.json").read_text()))
     c = sources.find_corpus(corpus)
     texts, n = [], 0
+    t0 = time.perf_counter()
     for piece in sources.plan_pieces(c):
         for _, text, _ in sources.documents(c, piece, sources.ReadOptions()):
             texts.append(text)
@@ -153,6 +154,7 @@ def raw_rate(store: str, corpus: str) -> dict:
                 break
         if n >= SAMPLE_BYTES:
             break
+    read_s = time.perf_counter() - t0  # decompress and parse alone: the limit where encoding is a copy
     batches, cur, size = [], [], 0
     for t in texts:
         cur.append(t)
@@ -161,12 +163,13 @@ def raw_rate(store: str, corpus: str) -> dict:
             batches.append(cur)
             cur, size = [], 0
     batches.append(cur)
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread, as in a worker
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread, as in a worker (HF and sentencepiece)
     t0 = time.perf_counter()
     for b in batches:
         tok.encode_batch(b)
     seconds = time.perf_counter() - t0
-    return {"sample_bytes": n, "seconds": seconds, "text_mb_per_s": n / seconds / 1e6}
+    return {"sample_bytes": n, "seconds": seconds, "text_mb_per_s": n / seconds / 1e6,
+            "read_s": read_s, "read_mb_per_s": n / read_s / 1e6}
 
 
 def train_probe(corpus: str, cache: Path, packing: str, workdir: Path) -> dict:

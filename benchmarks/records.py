@@ -340,6 +340,11 @@ def _gb(n) -> str:
     return f"{n / 1e9:.2f}"
 
 
+def _raw(raw: dict) -> str:
+    """'2887.8', and '; read 131' in records that time reading alone."""
+    return f"{raw['text_mb_per_s']:.1f}" + (f"; read {raw['read_mb_per_s']:.0f}" if "read_mb_per_s" in raw else "")
+
+
 def _data_store_rows(rec: dict) -> str:
     """One row per (size, tokenizer, workers) of a `benchmarks.data_store` record."""
     rows = []
@@ -355,7 +360,7 @@ def _data_store_rows(rec: dict) -> str:
                     for k in ("concat", "documents")) if train and p["workers"] == 2 else "-"
                 rows.append(f"| {_row_date(rec)} | {_host(rec)} | {size} GB ({s['corpus']['files']} .jsonl.zst) "
                             f"| {kind} | {p['workers']} | {p['build_s']:.0f} | {p['text_mb_per_s']:.1f} "
-                            f"| {t['raw']['text_mb_per_s']:.1f} | {p['of_raw_per_worker']:.0%} | {speedup} "
+                            f"| {_raw(t['raw'])} | {p['of_raw_per_worker']:.0%} | {speedup} "
                             f"| {_gb(p['peak_rss_bytes'])} | {trained} |")
     return "\n".join(rows)
 
@@ -365,7 +370,8 @@ Written by `python -m benchmarks.data_store` (see benchmarks/README.md): synthet
 documents as .jsonl.zst shards, generated in a temporary folder and deleted after. **build s**: the
 store build (the manifest's `build_seconds`; the tokenizer's training apart); **MB/s**: text
 megabytes tokenized per second; **raw MB/s**: the tokenizer's own `encode_batch` in one process on
-the first 64 MB (the limit); **of raw**: MB/s per worker over raw; **2 vs 1**: build time of 1
+the first 64 MB (the limit; one thread), and `read`: reading those documents alone (decompress,
+parse), byte's real limit since its encode is a copy; **of raw**: MB/s per worker over raw; **2 vs 1**: build time of 1
 worker over 2; **peak GB**: resident memory of `lmjax prepare` and its workers together; **train**
 (byte, concat / documents packing): configs/default.py's launch to first step, peak resident
 memory over its first 100 steps, and the input pipeline's tokens/s over training's.

@@ -35,6 +35,31 @@ def test_tokens_read_across_shards(counting_tokens):
     assert np.array_equal(np.asarray(t[45_000:]), np.arange(45_000, 50_000))
 
 
+def _mapped_kb(path) -> int:
+    """Resident KB of this process's memory maps of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        if line[0] in "0123456789abcdef" and "-" in line.split()[0]:
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads /proc/self/smaps (Linux)")
+def test_windows_are_read_without_faulting_in_the_map(tmp_path):
+    """Random windows come from pread, not the memory map: with the map, each window faults in
+    at least a page (on ext4 with large folios up to 2 MB), and a run's resident memory grows
+    with the corpus."""
+    path = tmp_path / "big.bin"
+    np.arange(1 << 22, dtype=np.uint32).astype(np.uint16).tofile(path)  # 8 MB
+    tokens = Tokens([np.memmap(path, dtype=np.uint16, mode="r")], np.uint16)
+    starts = np.random.default_rng(0).integers(0, len(tokens) - 129, size=256)
+    positions = starts[:, None] + np.arange(129)
+    assert np.array_equal(tokens[positions], (positions % (1 << 16)).astype(np.uint16))
+    assert _mapped_kb(path) < 64  # 256 windows through the map: >= 1 MB
+
+
 def test_train_batch_is_a_pure_function_of_seed_and_step(counting_tokens):
     args = dict(batch_size=8, seq_len=32)
     batch = train_batch(counting_tokens, seed=0, step=5, **args)

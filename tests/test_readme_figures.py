@@ -19,6 +19,7 @@ RECORD_NAME = re.compile(r"\b\d{8}T\d{6}Z-[\w.-]+?\.json\b")
 TABLES = {"speedrun": records.SPEEDRUN, "second-start": records.SECOND_START,
           "attention_dots": records.ATTENTION_DOTS, "vs_nanogpt": records.VS_NANOGPT,
           "nanogpt_trainpy": records.NANOGPT_TRAINPY, "hf_import": records.HF_IMPORT,
+          "data-store": records.DATA_STORE,
           "kernel_classes": kernel_classes.KERNEL_CLASSES}
 
 
@@ -67,11 +68,11 @@ def test_readme_figures_writes_a_record_its_cells_render_from(tmp_path):
 def test_results_md_rows_and_tables_are_rendered_from_records():
     text = (REPO / "benchmarks/RESULTS.md").read_text()
     blocks = [b for b in map(rendered, sorted(RESULTS.glob("*.json"))) if b]
-    rows = {b for b in blocks if "\n" not in b}
+    rows = {line for b in blocks if b.startswith("| ") for line in b.splitlines()}  # a record's rows
     dated = [line for line in text.splitlines() if re.match(r"\| 20\d\d-", line)]
     assert len(dated) > 50
     assert [line for line in dated if line not in rows] == []
-    runs = [b for b in blocks if "\n" in b]
+    runs = [b for b in blocks if not b.startswith("| ")]  # per-run tables under a heading
     headings = [line for line in text.splitlines() if re.match(r"### 20\d\d-.*profiled steps$", line)]
     assert headings and sorted(headings) == sorted(b.splitlines()[0] for b in runs if b.splitlines()[0] in text)
     assert all(b in text for b in runs if b.splitlines()[0] in headings)

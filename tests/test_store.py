@@ -245,13 +245,21 @@ def test_tokenizer_trains_on_a_bounded_sample(tmp_path, monkeypatch):
         return real(kind, texts, **kw)
 
     monkeypatch.setattr(dataset_lib, "build_tokenizer", spy)
-    prepare(data_cfg(tmp_path, corpus=str(tmp_path / "c"), tokenizer="bpe", vocab_size=300,
-                     tokenizer_train_bytes=30_000))
+    cfg = data_cfg(tmp_path, corpus=str(tmp_path / "c"), tokenizer="bpe", vocab_size=300,
+                   tokenizer_train_bytes=30_000)
+    prepare(cfg)
     sample = seen[0]
     nbytes = sum(len(t.encode()) for t in sample)
     assert 20_000 < nbytes <= 30_000
     numbers = sorted(int(t.split()[1]) for t in sample)  # records 0..1599, taken from every file
     assert all(any(400 * i <= n < 400 * (i + 1) for n in numbers) for i in range(4))
+    # exactly the training documents of smallest sample hash, the last one cut to the budget
+    corpus, opts = src.find_corpus(cfg.corpus, DATA_DIR), dataset_lib.read_options(cfg)
+    docs = sorted((src.doc_hash(key)[1], text) for p in src.plan_pieces(corpus)
+                  for key, text, val in src.documents(corpus, p, opts) if not val)
+    assert sample[:-1] == [t for _, t in docs[:len(sample) - 1]]
+    assert docs[len(sample) - 1][1].startswith(sample[-1])
+    assert sum(len(t.encode()) for _, t in docs[:len(sample)]) > 30_000  # the last one did not fit whole
 
 
 def test_mixture_shares_one_tokenizer_and_reuses_stores(tmp_path):
