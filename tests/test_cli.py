@@ -157,7 +157,7 @@ def _flags_of(command):
     return fv
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "sample", "finetune", "export", "import", "sweep", "report"])
+@pytest.mark.parametrize("command", ["train", "eval", "sample", "finetune", "export", "import", "sweep", "report", "fit"])
 def test_command_help_lists_its_flags(command, capsys):
     from lmjax.cli.main import COMMANDS
 

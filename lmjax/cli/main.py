@@ -27,10 +27,10 @@ from ml_collections import config_flags
 from lmjax import config as config_lib
 from lmjax.errors import ConfigError, LmjaxError
 
-COMMANDS = ("train", "prepare", "eval", "sample", "finetune", "export", "import", "sweep", "report")
+COMMANDS = ("train", "prepare", "eval", "sample", "finetune", "export", "import", "sweep", "report", "fit")
 HELP = ("-h", "--help", "-help", "--helpfull")  # any of them, anywhere after the command
 # Commands with their own parsers, in their own folders.
-DELEGATED = {"sweep": "lmjax.sweeps.cli", "report": "lmjax.analysis.cli"}
+DELEGATED = {"sweep": "lmjax.sweeps.cli", "report": "lmjax.analysis.cli", "fit": "lmjax.analysis.chinchilla"}
 USAGE = f"usage: lmjax {{{','.join(COMMANDS)}}} [flags]   (lmjax COMMAND --help for flags)"
 
 
