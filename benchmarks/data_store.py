@@ -7,16 +7,18 @@ For each size a corpus of that many GB of text is generated from the Python stan
 files as documents, cycled, each copy headed by its own comment line so no two documents are the
 same) as .jsonl.zst shards under --tmp, and deleted at the end; nothing large is kept. Then, per
 tokenizer:
-- the tokenizer's raw rate: `encode_batch` of the store's own batches in this one process, on the
-  first 64 MB of the corpus's text (the limit a worker can reach);
+- the tokenizer's raw rate: `encode_batch` of the store's own batches in this one process and one
+  thread, on the first 64 MB of the corpus's text (the limit a worker can reach), and the rate of
+  reading that text alone (decompress, parse: the limit where encoding is a copy, as for byte);
 - `lmjax prepare --workers 1` (the smallest size, or --one_worker_gb) and `--workers 2`: the store build's
   seconds (the manifest's, tokenizer training apart), text MB/s per worker against the raw rate,
   and the peak resident memory of the process tree (the command and its workers, sampled every
   50 ms from /proc);
 - for byte: `lmjax train` (configs/default.py) on the store, concat and documents packing: launch
   to the first step, the peak resident memory over its first 100 steps, its tokens/s, and the
-  input pipeline's tokens/s (`lmjax.data.batches.batch` alone) over it; the same launch on the
-  stdlib store for comparison.
+  input pipeline's tokens/s (`lmjax.data.batches.batch` alone) over it, with the resident memory
+  opening the store and reading 200 batches added to this process (`data_rss_bytes`); the same
+  launch on the stdlib store for comparison.
 Writes one JSON record under benchmarks/results/ and rows to the "Token stores" table of
 benchmarks/RESULTS.md.
 """
@@ -204,18 +206,25 @@ def train_probe(corpus: str, cache: Path, packing: str, workdir: Path) -> dict:
             "peak_rss_bytes": r["peak_rss_bytes"], "train_tokens_per_s": statistics.median(speeds)}
 
 
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) * 1024
+
+
 def pipeline_rate(corpus: str, cache: Path, packing: str, steps: int = 200) -> dict:
     """Tokens/s of the input pipeline alone: default.py's batches (32 x 128) drawn and read."""
     from lmjax.config import DataConfig
     from lmjax.data import batches, prepare
 
+    before = _rss()
     data = prepare(DataConfig(corpus=corpus, cache_dir=str(cache), packing=packing), progress=False)
     batches.batch(data, seed=0, step=0, batch_size=32, seq_len=128)  # the row plan, the first touches
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
         batches.batch(data, seed=0, step=step, batch_size=32, seq_len=128)
     seconds = time.perf_counter() - t0
-    out = {"packing": packing, "steps": steps, "tokens_per_s": steps * 32 * 128 / seconds}
+    out = {"packing": packing, "steps": steps, "tokens_per_s": steps * 32 * 128 / seconds,
+           "data_rss_bytes": _rss() - before}  # what opening the store and reading its batches keeps resident
     if packing == "documents":
         out["padding_fraction"] = data.sources[0].train.row_plan(129).padding_fraction
     return out
