@@ -296,14 +296,9 @@ def _define(fv) -> None:
 
 
 def _parse(argv: list[str]):
-    from absl import flags
+    from lmjax.cli.main import parse_own_flags
 
-    fv = flags.FlagValues()
-    _define(fv)
-    try:
-        rest = fv(["lmjax fit"] + list(argv))[1:]
-    except flags.Error as e:
-        raise LmjaxError(f"{str(e).splitlines()[0]}; {USAGE}") from None
+    fv, rest = parse_own_flags("fit", _define, argv, USAGE)
     if rest:
         raise LmjaxError(f"unexpected argument {rest[0]!r}; {USAGE}")
     if not fv.points:
@@ -324,17 +319,9 @@ def run(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lmjax.cli.main import HELP, flags_help, guarded
+    from lmjax.cli.main import delegated_main
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a in HELP for a in argv):
-        from absl import flags
-
-        fv = flags.FlagValues()
-        _define(fv)
-        print(f"{__doc__}\n{USAGE}\n\nflags:\n{flags_help(fv)}")
-        return 0
-    return guarded(lambda: run(argv), verbose="--verbose" in argv)
+    return delegated_main(argv, define=_define, doc=f"{__doc__}\n{USAGE}\n", run=run)
 
 
 if __name__ == "__main__":

@@ -27,12 +27,9 @@ def _define(fv: flags.FlagValues) -> None:
 
 def parse(argv: list[str]) -> tuple[flags.FlagValues, str]:
     """The flags and the experiment folder (the one argument that is not a flag)."""
-    fv = flags.FlagValues()
-    _define(fv)
-    try:
-        rest = fv(["lmjax report"] + list(argv))[1:]
-    except flags.Error as e:
-        raise LmjaxError(f"{str(e).splitlines()[0]}; {USAGE}") from e
+    from lmjax.cli.main import parse_own_flags
+
+    fv, rest = parse_own_flags("report", _define, argv, USAGE)
     if not rest:
         raise LmjaxError(f"the experiment folder is required; {USAGE}")
     if len(rest) > 1:
@@ -58,16 +55,9 @@ def run(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lmjax.cli.main import HELP, flags_help, guarded
+    from lmjax.cli.main import delegated_main
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a in HELP for a in argv):
-        fv = flags.FlagValues()
-        _define(fv)
-        print(f"{__doc__}\n{USAGE}\n\nflags:\n{flags_help(fv)}")
-        return 0
-
-    return guarded(lambda: run(argv), verbose="--verbose" in argv)
+    return delegated_main(argv, define=_define, doc=f"{__doc__}\n{USAGE}\n", run=run)
 
 
 if __name__ == "__main__":

@@ -130,6 +130,29 @@ def flags_help(fv: flags.FlagValues, leave_out: tuple[str, ...] = ()) -> str:
     return shown.get_help(prefix="  ", include_special_flags=False)
 
 
+def parse_own_flags(command: str, define, argv: list[str], usage: str) -> tuple[flags.FlagValues, list[str]]:
+    """A DELEGATED command's flags (added by `define(fv)`) parsed from `argv`, and the arguments
+    left; a bad flag is one error line ending in `usage`."""
+    fv = flags.FlagValues()
+    define(fv)
+    try:
+        return fv, fv([f"lmjax {command}"] + list(argv))[1:]
+    except flags.Error as e:
+        raise LmjaxError(f"{str(e).splitlines()[0]}; {usage}") from None
+
+
+def delegated_main(argv: list[str] | None, *, define, doc: str, run) -> int:
+    """The main of a command with its own parser (DELEGATED): any of HELP prints `doc` and the
+    flags `define(fv)` adds; otherwise `run(argv)` (default: sys.argv[1:]), guarded."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in HELP for a in argv):
+        fv = flags.FlagValues()
+        define(fv)
+        print(f"{doc}\nflags:\n{flags_help(fv)}")
+        return 0
+    return guarded(lambda: run(argv), verbose="--verbose" in argv)
+
+
 def _config_keys_help(command: str) -> str:
     """One line per --config.KEY a command takes, with its default and help."""
     sections = ({"finetune": config_lib.FinetuneConfig} if command == "finetune"

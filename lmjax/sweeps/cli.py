@@ -168,16 +168,9 @@ def _submit(fv, runs, config_path, arg) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lmjax.cli.main import HELP, flags_help, guarded
+    from lmjax.cli.main import delegated_main
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a in HELP for a in argv):
-        fv = flags.FlagValues()
-        _define(fv)
-        print(f"{__doc__}\nflags:\n{flags_help(fv)}")
-        return 0
-
-    return guarded(lambda: run(parse(argv)), verbose="--verbose" in argv)
+    return delegated_main(argv, define=_define, doc=__doc__, run=lambda a: run(parse(a)))
 
 
 if __name__ == "__main__":
