@@ -48,25 +48,25 @@ class Points:
     D: np.ndarray
     L: np.ndarray
     C: np.ndarray  # training FLOPs: the file's `flops`, else 6ND
-    seed: np.ndarray | None = None
 
     def take(self, index) -> Points:
-        return Points(self.N[index], self.D[index], self.L[index], self.C[index],
-                      None if self.seed is None else self.seed[index])
+        return Points(self.N[index], self.D[index], self.L[index], self.C[index])
 
 
-def points(N, D, L, C=None, seed=None) -> Points:
+def points(N, D, L, C=None) -> Points:
+    """Rows of the same (N, D) are one run's seeds (`_runs`)."""
     N, D, L = (np.asarray(v, np.float64).reshape(-1) for v in (N, D, L))
     C = 6 * N * D if C is None else np.asarray(C, np.float64).reshape(-1)
     if not (len(N) == len(D) == len(L) == len(C)):
         raise LmjaxError("params, tokens, loss and flops need one value per point")
     if not all(np.isfinite(v).all() and (v > 0).all() for v in (N, D, L, C)):
         raise LmjaxError("params, tokens, loss and flops must be finite and positive")
-    return Points(N, D, L, C, None if seed is None else np.asarray(seed))
+    return Points(N, D, L, C)
 
 
 def read_points(path: str) -> Points:
-    """The points of a CSV file (columns params, tokens, loss; optional flops, seed)."""
+    """The points of a CSV file (columns params, tokens, loss; optional flops, and seed, which
+    names the rows of one (params, tokens) as that run's seeds and is otherwise not read)."""
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
@@ -85,8 +85,7 @@ def read_points(path: str) -> Points:
             except (TypeError, ValueError):
                 bad = next(i for i, r in enumerate(rows) if not _is_float(r[c]))
                 raise LmjaxError(f"--points {path} line {bad + 2}: {c}={rows[bad][c]!r} is not a number") from None
-    return points(cols["params"], cols["tokens"], cols["loss"], cols.get("flops"),
-                  [r["seed"] for r in rows] if "seed" in have else None)
+    return points(cols["params"], cols["tokens"], cols["loss"], cols.get("flops"))
 
 
 def _is_float(v) -> bool:
